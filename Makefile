@@ -1,0 +1,48 @@
+# The two commands of the README: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell scripts/find-python)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg app/requirements.txt 2>/dev/null | sha256sum | cut -c1-12)
+
+.PHONY: venv demo demo-stop test test-unit test-integration test-e2e bench requirements clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg app/requirements.txt
+	@test -n "$(PYTHON)" || { echo "make: no Python found (see scripts/find-python)" >&2; exit 2; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --python $(BIN)/python --require-hashes -r app/requirements.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	touch $@
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+demo-stop: venv
+	$(BIN)/python scripts/demo.py --stop
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit tests/app $(PYTEST_ARGS)
+
+test-integration: venv
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: venv
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/deploy_bench.py
+
+# Regenerate the pinned, hashed requirements from app/requirements.in (uv on PATH or in the venv).
+requirements:
+	uv pip compile --generate-hashes --python-version 3.12 --universal \
+	  --output-file app/requirements.txt app/requirements.in
+
+clean:
+	rm -rf $(VENV) .demo
