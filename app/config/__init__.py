@@ -1,0 +1,1 @@
+"""Project configuration of the Skinmenu site: settings, URLs, WSGI, gunicorn."""

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class TreatmentsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "treatments"
+    verbose_name = "Treatments"
