@@ -1,0 +1,188 @@
+"""The `deployer` command line (DESIGN §3). Commands live in deployer/commands/, one per module.
+
+Exit codes: 0 success; 1 the operation failed (the live site was left as it was or put back);
+2 bad input or configuration; 3 another deploy holds the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import traceback
+from contextlib import nullcontext
+
+import click
+
+from deployer import __version__
+from deployer.commands import activate as activate_cmd
+from deployer.commands import check as check_cmd
+from deployer.commands import deploy as deploy_cmd
+from deployer.commands import list as list_cmd
+from deployer.commands import prune as prune_cmd
+from deployer.commands import release as release_cmd
+from deployer.commands import rollback as rollback_cmd
+from deployer.commands import status as status_cmd
+from deployer.config import Config, config_path, load_config
+from deployer.errors import DeployError
+from deployer.lock import deploy_lock
+from deployer.paths import Paths
+
+
+class Session:
+    """What every command needs: the loaded config and the deploy_to layout."""
+
+    def __init__(self, config_file: str | None, debug: bool) -> None:
+        self.config_file = config_file
+        self.debug = debug
+
+    def load(self) -> tuple[Config, Paths]:
+        config = load_config(config_path(self.config_file))
+        return config, Paths(config.deploy_to)
+
+
+def _report(exc: DeployError) -> None:
+    if exc.details:
+        for line in exc.details.rstrip().splitlines():
+            click.echo(f"    | {line}", err=True)
+    hint = f" — {exc.hint}" if exc.hint else ""
+    click.echo(f"deployer: error: {exc.message}{hint}", err=True)
+
+
+class DeployerGroup(click.Group):
+    """Turns expected failures into one clear line and their exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DeployError as exc:
+            if _debug(ctx):
+                traceback.print_exc()
+            _report(exc)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("deployer: interrupted; the live site was not switched by this run unless said above", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            if _debug(ctx):
+                traceback.print_exc()
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"deployer: error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(1)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.obj and ctx.obj.debug) or os.environ.get("DEPLOYER_DEBUG") == "1"
+
+
+def _locked(ctx: click.Context, paths: Paths, wait: float):
+    command = "deployer " + shlex.join(sys.argv[1:])
+    return deploy_lock(paths, command, wait)
+
+
+wait_option = click.option(
+    "--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+    help="Wait up to SECONDS for another deploy's lock instead of failing with exit 3.",
+)
+
+
+@click.group(cls=DeployerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", metavar="FILE", help="Config file (default: $DEPLOYER_CONFIG, else ./releases.yml).")
+@click.option("--debug", is_flag=True, help="Show a traceback for failures.")
+@click.version_option(__version__, prog_name="deployer")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, debug: bool) -> None:
+    """Atomic release-directory deploys for the Skinmenu site.
+
+    Exit codes: 0 ok, 1 operation failed (live site left as it was or put back),
+    2 bad input or configuration, 3 another deploy holds the lock.
+    """
+    ctx.obj = Session(config_file, debug)
+
+
+@main.command()
+@click.argument("commit")
+@click.option("--rebuild", is_flag=True, help="Build again even if complete (not for the live release).")
+@wait_option
+@click.pass_obj
+def release(session: Session, commit: str, rebuild: bool, wait: float) -> None:
+    """Build COMMIT (branch, tag or sha) into releases/<sha>. Prints the sha."""
+    config, paths = session.load()
+    with _locked(click.get_current_context(), paths, wait):
+        release_cmd.main(config, paths, commit, rebuild)
+
+
+@main.command()
+@click.argument("sha")
+@wait_option
+@click.pass_obj
+def activate(session: Session, sha: str, wait: float) -> None:
+    """Make a built release live: migrate, switch, restart, smoke test (or switch back)."""
+    config, paths = session.load()
+    with _locked(click.get_current_context(), paths, wait):
+        activate_cmd.main(config, paths, sha)
+
+
+@main.command()
+@click.argument("commit")
+@wait_option
+@click.pass_obj
+def deploy(session: Session, commit: str, wait: float) -> None:
+    """Release COMMIT, then activate it."""
+    config, paths = session.load()
+    with _locked(click.get_current_context(), paths, wait):
+        deploy_cmd.main(config, paths, commit)
+
+
+@main.command()
+@click.option("--to", "to", metavar="SHA", help="Roll back to this release instead of the previous one.")
+@click.option("--migrate", is_flag=True, help="Unapply migrations the target does not know (after a backup).")
+@click.option("--force", is_flag=True, help="Switch even though the database has migrations the target does not know.")
+@wait_option
+@click.pass_obj
+def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait: float) -> None:
+    """Make the previously live release live again (from history)."""
+    if migrate and force:
+        raise click.UsageError("--migrate and --force exclude each other")
+    config, paths = session.load()
+    with _locked(click.get_current_context(), paths, wait):
+        rollback_cmd.main(config, paths, to, migrate, force)
+
+
+@main.command()
+@click.option("--keep", type=int, default=None, metavar="N", help="Releases to keep (default: keep_releases from the config).")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@wait_option
+@click.pass_obj
+def prune(session: Session, keep: int | None, dry_run: bool, wait: float) -> None:
+    """Delete old releases; never current, the rollback target or one in use."""
+    config, paths = session.load()
+    lock = nullcontext() if dry_run else _locked(click.get_current_context(), paths, wait)
+    with lock:
+        prune_cmd.main(config, paths, config.keep_releases if keep is None else keep, dry_run)
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON output (see README).")
+@click.pass_obj
+def list_(session: Session, as_json: bool) -> None:
+    """Releases, newest first, with their state."""
+    config, paths = session.load()
+    list_cmd.main(config, paths, as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON output (see README).")
+@click.pass_obj
+def status(session: Session, as_json: bool) -> None:
+    """Current and previous release, lock holder, service state, site health."""
+    config, paths = session.load()
+    sys.exit(status_cmd.main(config, paths, as_json))
+
+
+@main.command()
+@click.pass_obj
+def check(session: Session) -> None:
+    """Preflight: config, paths, env file, python, git, service, nginx. Changes nothing."""
+    config, paths = session.load()
+    sys.exit(check_cmd.main(config, paths))

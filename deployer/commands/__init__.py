@@ -1,0 +1,1 @@
+"""One module per command (like pipx); cli.py wires them to click."""

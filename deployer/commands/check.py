@@ -1,0 +1,106 @@
+"""`deployer check`: preflight that changes nothing (DESIGN §3)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Callable
+
+from deployer import envfile, git, releases, venv
+from deployer.config import Config
+from deployer.errors import DeployError, OperationFailed
+from deployer.paths import Paths, current_sha
+from deployer.proc import run, split_command
+
+
+def _deploy_root(config: Config, paths: Paths) -> str:
+    root = paths.root
+    probe = root if root.exists() else root.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OperationFailed(f"{probe} is not writable by this user")
+    for sub in (paths.releases, paths.shared, paths.state):
+        if sub.exists() and not os.access(sub, os.W_OK | os.X_OK):
+            raise OperationFailed(f"{sub} is not writable by this user")
+    if paths.current.exists() and not paths.current.is_symlink():
+        raise OperationFailed(f"{paths.current} is not a symlink")
+    return str(root) if root.exists() else f"{root} will be created"
+
+
+def _env_file(config: Config, paths: Paths) -> str:
+    values = envfile.load(config.env_file, config.required_env)
+    return f"{config.env_file}: {len(values)} variables, all {len(config.required_env)} required present"
+
+
+def _python(config: Config, paths: Paths) -> str:
+    python = venv.find_python(config.python)
+    return f"{python} ({venv.python_identity(python).split()[0]})"
+
+
+def _uv(config: Config, paths: Paths) -> str:
+    return run([venv.uv_binary(), "--version"], what="uv --version").strip()
+
+
+def _repo(config: Config, paths: Paths) -> str:
+    run(["git", "ls-remote", "--heads", "--", config.repo], what=f"git ls-remote {config.repo}", timeout=60)
+    mirror = "mirror present" if (paths.repo / "HEAD").exists() else "mirror will be cloned on first release"
+    return f"{config.repo} reachable; {mirror}"
+
+
+def _live(config: Config, paths: Paths) -> str:
+    live = current_sha(paths)
+    if not live:
+        return "no live release yet"
+    issues = releases.problems(paths.release(live), config.shared_dirs)
+    if issues:
+        raise OperationFailed(f"current ({live[:12]}) is not complete: {'; '.join(issues)}")
+    return f"current is {live[:12]}, complete"
+
+
+def _service(config: Config, paths: Paths) -> str:
+    argv = split_command(config.service.restart)
+    if not shutil.which(argv[0]):
+        raise OperationFailed(f"service.restart: command not found: {argv[0]}")
+    if config.service.is_active:
+        proc = subprocess.run(split_command(config.service.is_active), capture_output=True, timeout=30)
+        return "service is active" if proc.returncode == 0 else "service is not active (a first deploy starts it)"
+    return "restart command found; no is_active command configured"
+
+
+def _nginx(config: Config, paths: Paths) -> str:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not nginx:
+        return "skipped: nginx is not installed here"
+    if os.geteuid() != 0:
+        return "skipped: `nginx -t` needs root"
+    run([nginx, "-t", "-q"], what="nginx -t")
+    return "nginx -t passed"
+
+
+CHECKS: list[tuple[str, Callable[[Config, Paths], str]]] = [
+    ("deploy_to paths and permissions", _deploy_root),
+    ("env file and required variables", _env_file),
+    ("python", _python),
+    ("uv", _uv),
+    ("git repository", _repo),
+    ("live release", _live),
+    ("service", _service),
+    ("nginx config", _nginx),
+]
+
+
+def main(config: Config, paths: Paths) -> int:
+    print(f"{'ok':6}config {config.path}")
+    failed = 0
+    for name, check in CHECKS:
+        try:
+            detail = check(config, paths)
+            print(f"{'ok':6}{name}: {detail}")
+        except DeployError as exc:
+            failed += 1
+            print(f"{'FAIL':6}{name}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    if failed:
+        print(f"deployer: check found {failed} problem(s)", file=sys.stderr)
+        return 1
+    return 0

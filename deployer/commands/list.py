@@ -1,0 +1,67 @@
+"""`deployer list [--json]`: releases, newest build first, with their state."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from deployer import history, releases
+from deployer.config import Config
+from deployer.paths import Paths, current_sha
+
+
+def own_bytes(path) -> int:
+    """Bytes only this release holds: files with a single link (hardlinks into the uv cache or
+    another release are shared, so deleting this release would not free them)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_nlink == 1:
+                total += st.st_blocks * 512
+    return total
+
+
+def rows(paths: Paths) -> list[dict]:
+    entries = history.read(paths)
+    live = current_sha(paths)
+    previous = history.rollback_target(entries, live)
+    failed = history.failed_smoke(entries)
+    built = releases.complete(paths)
+    out = []
+    for sha in releases.by_build_time(built):
+        meta = built[sha]
+        if sha == live:
+            state = "current"
+        elif sha in failed:
+            state = "failed-smoke"
+        elif sha == previous:
+            state = "previous"
+        else:
+            state = "built"
+        out.append({
+            "sha": sha,
+            "subject": meta.get("subject", ""),
+            "built_at": meta.get("built_at"),
+            "build_seconds": meta.get("build_seconds"),
+            "own_bytes": own_bytes(paths.release(sha)),
+            "state": state,
+        })
+    return out
+
+
+def main(config: Config, paths: Paths, as_json: bool) -> None:
+    data = rows(paths)
+    if as_json:
+        json.dump({"releases": data}, sys.stdout, indent=2)
+        print()
+        return
+    if not data:
+        print("no releases built yet")
+        return
+    print(f"{'sha':12}  {'state':12}  {'built at':25}  {'build':>6}  {'own size':>9}  subject")
+    for row in data:
+        size = f"{row['own_bytes'] / 1e6:.1f} MB"
+        seconds = f"{row['build_seconds']:.1f}s" if row["build_seconds"] is not None else "-"
+        print(f"{row['sha'][:12]}  {row['state']:12}  {row['built_at'] or '-':25}  {seconds:>6}  {size:>9}  {row['subject']}")

@@ -1,0 +1,81 @@
+"""`deployer prune --keep N`: delete old releases, never a needed one (DESIGN §8)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from deployer import history, releases
+from deployer.config import Config
+from deployer.errors import BadInput
+from deployer.paths import Paths, current_sha, remove_tree, stale_tmp_dirs, tree_bytes
+from deployer.steps import say
+
+
+def in_use(paths: Paths, proc: Path = Path("/proc")) -> set[str]:
+    """Releases a running process still uses, through its cwd or executable."""
+    prefix = os.path.realpath(paths.releases) + os.sep
+    found = set()
+    for entry in proc.iterdir() if proc.is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        for link in ("cwd", "exe"):
+            try:
+                target = os.readlink(entry / link)
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                found.add(target[len(prefix):].split(os.sep, 1)[0])
+    return found
+
+
+def select(
+    built: dict[str, dict], keep: int, protected: set[str], failed: set[str]
+) -> list[str]:
+    """The releases to delete: all but the `keep` newest good builds and the protected ones.
+    Releases that failed their smoke test do not take one of the `keep` places."""
+    good = [sha for sha in releases.by_build_time(built) if sha not in failed]
+    kept = set(good[:keep]) | protected
+    return [sha for sha in releases.by_build_time(built) if sha not in kept]
+
+
+def prune(config: Config, paths: Paths, keep: int, dry_run: bool) -> dict:
+    if keep < 1:
+        raise BadInput(f"--keep must be at least 1, got {keep}")
+    entries = history.read(paths)
+    live = current_sha(paths)
+    protected = {sha for sha in (live, history.rollback_target(entries, live)) if sha}
+    busy = in_use(paths)
+    protected |= busy
+    built = releases.complete(paths)
+    doomed = select(built, keep, protected, history.failed_smoke(entries))
+    stale = stale_tmp_dirs(paths)
+    targets = [paths.release(sha) for sha in doomed] + stale
+    freed = tree_bytes(targets)
+    verb = "would remove" if dry_run else "removing"
+    for sha in doomed:
+        say(f"{verb} {sha[:12]}  {built[sha].get('subject', '')}")
+    for tmp in stale:
+        say(f"{verb} {tmp.name} (interrupted build)")
+    for sha in sorted(busy & set(built)):
+        say(f"keeping {sha[:12]}: a running process uses it")
+    if not dry_run:
+        for target in targets:
+            remove_tree(target)
+    summary = f"{'would free' if dry_run else 'freed'} {_human(freed)} ({len(doomed)} release(s), {len(stale)} temp dir(s))"
+    print(summary, file=sys.stdout)
+    return {"removed": doomed, "temp_dirs": [t.name for t in stale], "bytes_freed": freed, "dry_run": dry_run}
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
+    return f"{n} B"
+
+
+def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
+    prune(config, paths, keep, dry_run)

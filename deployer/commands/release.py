@@ -1,0 +1,153 @@
+"""`deployer release <commit-ish>`: build releases/<sha> off to the side (DESIGN §5)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from deployer import __version__, django, envfile, git, releases, statics, venv
+from deployer.config import Config
+from deployer.errors import BadInput, OperationFailed
+from deployer.paths import Paths, current_sha, remove_tree, stale_tmp_dirs
+from deployer.steps import Progress, say
+
+STEPS = 8
+
+
+def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> str:
+    """Build `ref` (caller holds the deploy lock) and return its full sha."""
+    git.validate_ref(ref)
+    python = venv.find_python(config.python)
+    env_values = envfile.load(config.env_file, config.required_env)
+    paths.ensure_dirs()
+    _remove_stale_tmp(paths)
+
+    progress = Progress(STEPS)
+    started = time.monotonic()
+    with progress.step("fetch mirror"):
+        git.sync_mirror(paths, config.repo)
+    with progress.step("resolve commit"):
+        sha = git.resolve(paths, ref)
+    say(f"    {ref} is {sha}")
+    live = current_sha(paths)
+    final = paths.release(sha)
+    if final.exists() and not releases.problems(final, config.shared_dirs):
+        if not rebuild:
+            say(f"release {sha[:12]} is already built and complete; nothing to do (--rebuild to build it again)")
+            return sha
+        if sha == live:
+            raise BadInput(f"release {sha[:12]} is live; refusing to rebuild it", hint="activate another release first")
+
+    tmp = paths.new_tmp_release(sha)
+    tmp.mkdir(mode=0o755)
+    try:
+        meta = _build(config, paths, progress, sha, tmp, python, env_values, live)
+        meta["build_seconds"] = round(time.monotonic() - started, 2)
+        meta["steps"] = progress.durations
+        with progress.step("write RELEASE.json"):
+            releases.write_metadata(tmp, meta)
+            _move_into_place(tmp, final)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    say(f"built {sha[:12]} in {meta['build_seconds']:.1f}s")
+    return sha
+
+
+def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:
+    app_dir = tmp / config.django.project_dir
+    with progress.step("export tree"):
+        git.export(paths, sha, tmp)
+        (tmp / releases.REVISION).write_text(sha + "\n")
+        if not (app_dir / "manage.py").is_file():
+            raise OperationFailed(f"{config.django.project_dir}/manage.py is not in commit {sha[:12]}")
+        requirements = tmp / config.django.requirements
+        if not requirements.is_file():
+            raise OperationFailed(f"{config.django.requirements} is not in commit {sha[:12]}")
+        digest = releases.tree_digest(tmp, set(config.shared_dirs))
+
+    with progress.step("create venv"):
+        flags = venv.install_flags(config.install.find_links, config.install.offline)
+        python_id = venv.python_identity(python)
+        key = venv.requirements_key(requirements, python_id, flags)
+        reuse = _venv_to_reuse(paths, key, live)
+        how = venv.build(tmp / "venv", python, requirements, config.install.cache_dir or paths.uv_cache, flags, reuse)
+        venv.compile_tree(tmp / "venv", tmp / config.django.project_dir)
+
+    with progress.step("link shared dirs"):
+        for name in config.shared_dirs:
+            (paths.shared / name).mkdir(parents=True, exist_ok=True)
+            link = tmp / name
+            if link.exists() or link.is_symlink():
+                raise OperationFailed(f"the commit has its own '{name}', which shared_dirs would replace")
+            os.symlink(os.path.join("..", "..", "shared", name), link)
+
+    env = django.environment(config, env_values)
+    with progress.step("django checks"):
+        django.run_checks(config, tmp, env)
+        graph = django.inspect(config, tmp, env)
+
+    with progress.step("collectstatic"):
+        staticfiles = tmp / "staticfiles"
+        staticfiles.mkdir()
+        if live:
+            statics.seed_from(paths.release(live) / "staticfiles", staticfiles)
+        django.manage(config, tmp, env, "collectstatic", "--noinput", "-v", "0")
+        static_count = statics.verify(staticfiles)
+        if live:
+            statics.dedupe_against(paths.release(live) / "staticfiles", staticfiles)
+
+    return {
+        "sha": sha,
+        "app": config.app,
+        "subject": git.subject(paths, sha),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        "deployer_version": __version__,
+        "python": python_id.split()[0],
+        "requirements_key": key,
+        "venv": how,
+        "tree_digest": digest,
+        "migrations": {"leaves": graph["leaves"], "nodes": graph["nodes"]},
+        "database": graph["database"],
+        "static_files": static_count,
+    }
+
+
+def _venv_to_reuse(paths: Paths, key: str, live: str | None) -> Path | None:
+    """The venv of a built release with the same requirements and interpreter: the live one
+    first, then the newest."""
+    built = releases.complete(paths)
+    order = ([live] if live in built else []) + releases.by_build_time(built)
+    for sha in order:
+        if built[sha].get("requirements_key") == key:
+            return paths.release(sha) / "venv"
+    return None
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".tmp-{final.name}-replaced")
+        if old.exists():
+            remove_tree(old)
+        final.rename(old)
+        tmp.rename(final)
+        remove_tree(old)
+    else:
+        tmp.rename(final)
+
+
+def _remove_stale_tmp(paths: Paths) -> None:
+    for stale in stale_tmp_dirs(paths):
+        say(f"removing {stale.name}, left by an interrupted build")
+        remove_tree(stale)
+
+
+def main(config: Config, paths: Paths, ref: str, rebuild: bool) -> None:
+    sha = release(config, paths, ref, rebuild)
+    print(sha, file=sys.stdout)

@@ -1,0 +1,61 @@
+"""`deployer status [--json]`: what is live, what a rollback would go to, and is it healthy."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import urllib3
+
+from deployer import history, lock, service, smoke
+from deployer.config import Config
+from deployer.errors import DeployError
+from deployer.paths import Paths, current_sha
+
+
+def health(config: Config) -> dict:
+    """One GET of /healthz through the configured front door."""
+    try:
+        resp = smoke.get(config.smoke, smoke.pool(config.smoke, timeout=5), "/healthz")
+        body = json.loads(resp.data) if resp.status in (200, 503) else {}
+        return {"ok": resp.status == 200, "http_status": resp.status, "release": body.get("release")}
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def collect(config: Config, paths: Paths) -> dict:
+    live = current_sha(paths)
+    try:
+        state = service.state(config)
+    except DeployError as exc:
+        state = f"unknown ({exc.message})"
+    site = health(config)
+    return {
+        "current": live,
+        "previous": history.rollback_target(history.read(paths), live),
+        "lock": lock.read_holder(paths),
+        "service": state,
+        "health": {**site, "serves_current": bool(live) and site.get("release") == live},
+    }
+
+
+def main(config: Config, paths: Paths, as_json: bool) -> int:
+    data = collect(config, paths)
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        print()
+    else:
+        site = data["health"]
+        holder = lock.describe_holder(data["lock"]) if data["lock"] else "free"
+        if site.get("ok"):
+            served = str(site.get("release"))[:12]
+            verdict = "ok" if site["serves_current"] else "SERVES ANOTHER RELEASE"
+            healthy = f"{verdict} (/healthz reports {served})"
+        else:
+            healthy = f"FAILING ({site.get('error') or 'HTTP ' + str(site.get('http_status'))})"
+        print(f"current:  {data['current'] or '(none)'}")
+        print(f"previous: {data['previous'] or '(none)'}")
+        print(f"lock:     {holder}")
+        print(f"service:  {data['service']}")
+        print(f"health:   {healthy}")
+    return 0

@@ -1,0 +1,94 @@
+"""state/history.jsonl: one JSON line per activation, append-only and fsynced (DESIGN §6.6).
+
+`list`, `status` and `rollback` derive everything from it: what is live, what was live before,
+which releases failed their smoke test.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from datetime import datetime, timezone
+
+from deployer.paths import Paths
+
+OK = "ok"
+FAILED_SMOKE = "failed-smoke"
+
+
+def append(paths: Paths, action: str, from_sha: str | None, to_sha: str, result: str, **extra) -> dict:
+    entry = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "action": action,
+        "from": from_sha,
+        "to": to_sha,
+        "result": result,
+        **extra,
+    }
+    paths.state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+def read(paths: Paths) -> list[dict]:
+    """All entries, oldest first. A torn last line (a kill mid-write) is skipped."""
+    try:
+        lines = paths.history_file.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("to"):
+            entries.append(entry)
+    return entries
+
+
+def live_stack(entries: list[dict]) -> list[str]:
+    """The releases that were live, oldest first, as a stack that a rollback pops.
+
+    deploy A, deploy B, deploy C, rollback  -> [A, B]: the next rollback goes to A, not back to C.
+    """
+    stack: list[str] = []
+    for entry in entries:
+        if entry.get("result") != OK:
+            continue
+        target = entry["to"]
+        if entry.get("action") == "rollback" and target in stack:
+            del stack[len(stack) - stack[::-1].index(target):]
+        elif not stack or stack[-1] != target:
+            stack.append(target)
+    return stack
+
+
+def failed_smoke(entries: list[dict]) -> set[str]:
+    """Releases whose latest activation failed its smoke test."""
+    latest: dict[str, str] = {}
+    for entry in entries:
+        if entry.get("action") in ("activate", "deploy", "rollback"):
+            latest[entry["to"]] = entry.get("result", "")
+    return {sha for sha, result in latest.items() if result == FAILED_SMOKE}
+
+
+def rollback_target(entries: list[dict], current: str | None) -> str | None:
+    """The release that was live before `current`, never one that failed its smoke test."""
+    stack = live_stack(entries)
+    bad = failed_smoke(entries)
+    if current in stack:
+        stack = stack[: len(stack) - stack[::-1].index(current) - 1]
+    for sha in reversed(stack):
+        if sha != current and sha not in bad:
+            return sha
+    return None

@@ -1,0 +1,60 @@
+"""Running commands: captured output, the tail of it in errors, never a shell."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from deployer.errors import OperationFailed
+
+TAIL_LINES = 20
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run(
+    argv: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    what: str | None = None,
+    timeout: float | None = None,
+    stdin_data: str | None = None,
+) -> str:
+    """Run argv, return its stdout; on failure raise OperationFailed with the output's tail."""
+    label = what or shlex.join(argv[:3])
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=env,
+            input=stdin_data,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if stdin_data is None else subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+        )
+    except FileNotFoundError:
+        raise OperationFailed(f"{label}: command not found: {argv[0]}")
+    except subprocess.TimeoutExpired:
+        raise OperationFailed(f"{label}: timed out after {timeout:.0f}s")
+    if proc.returncode != 0:
+        output = proc.stdout + (proc.stderr or "")
+        raise OperationFailed(f"{label} exited with status {proc.returncode}", details=tail(output))
+    return proc.stdout
+
+
+def split_command(command: str) -> list[str]:
+    """A configured command, split the way a shell would (DESIGN §4), run without one."""
+    return shlex.split(command)
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The deployer's environment minus variables that would leak into a release's Python."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "DJANGO_"))}
+    env.update(extra or {})
+    return env

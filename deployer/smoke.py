@@ -1,0 +1,112 @@
+"""The production-real smoke test (DESIGN §9): through the front door, Host and SNI intact.
+
+Connections go to `smoke.resolve` when set (curl --resolve semantics): TLS is negotiated for the
+URL's host name and the certificate checked against it, and the Host header names it too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import urllib3
+
+from deployer.config import SmokeConfig
+from deployer.errors import OperationFailed
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    connect_to: str
+    prefix: str
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+def target(smoke: SmokeConfig) -> Target:
+    parts = urlsplit(smoke.url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Target(parts.scheme, parts.hostname or "", port, smoke.resolve or parts.hostname or "", parts.path.rstrip("/"))
+
+
+def pool(smoke: SmokeConfig, timeout: float = 5.0) -> urllib3.connectionpool.HTTPConnectionPool:
+    t = target(smoke)
+    http_timeout = urllib3.Timeout(connect=timeout, read=timeout)
+    if t.scheme == "https":
+        return urllib3.HTTPSConnectionPool(
+            t.connect_to,
+            t.port,
+            server_hostname=t.host,
+            assert_hostname=t.host,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=str(smoke.cacert) if smoke.cacert else None,
+            timeout=http_timeout,
+            retries=False,
+        )
+    return urllib3.HTTPConnectionPool(t.connect_to, t.port, timeout=http_timeout, retries=False)
+
+
+def get(smoke: SmokeConfig, conn, path: str) -> urllib3.BaseHTTPResponse:
+    t = target(smoke)
+    return conn.request("GET", t.prefix + path, headers={"Host": t.host_header}, redirect=False)
+
+
+def pick_static_file(release: Path) -> tuple[str, Path]:
+    """One hashed file of the release's own (its CSS first), as URL path and file on disk."""
+    manifest = json.loads((release / "staticfiles" / "staticfiles.json").read_text())
+    paths = manifest.get("paths", {})
+    if not paths:
+        raise OperationFailed("the release's staticfiles.json lists no files")
+    ranked = sorted(paths, key=lambda name: (not name.startswith("css/"), name.count("/"), name))
+    hashed = paths[ranked[0]]
+    return f"/static/{hashed}", release / "staticfiles" / hashed
+
+
+def check_once(smoke: SmokeConfig, conn, sha: str, static: tuple[str, Path] | None) -> None:
+    resp = get(smoke, conn, "/admin/login/")
+    if resp.status != 200:
+        raise OperationFailed(f"GET /admin/login/ answered {resp.status}, expected 200")
+    resp = get(smoke, conn, "/healthz")
+    if resp.status != 200:
+        raise OperationFailed(f"GET /healthz answered {resp.status}, expected 200")
+    try:
+        served = json.loads(resp.data).get("release")
+    except (ValueError, AttributeError):
+        raise OperationFailed("GET /healthz did not answer JSON")
+    if served != sha:
+        raise OperationFailed(f"/healthz reports release {str(served)[:12]}, expected {sha[:12]}")
+    if static:
+        url_path, on_disk = static
+        resp = get(smoke, conn, url_path)
+        if resp.status != 200:
+            raise OperationFailed(f"GET {url_path} answered {resp.status}, expected 200")
+        if resp.data != on_disk.read_bytes():
+            raise OperationFailed(f"GET {url_path} served different bytes than the release's file")
+
+
+def run(smoke: SmokeConfig, sha: str, release: Path) -> float:
+    """Retry with a short backoff until every check passes or smoke.timeout runs out."""
+    static = pick_static_file(release) if smoke.check_static else None
+    started = time.monotonic()
+    deadline = started + smoke.timeout
+    delay = 0.05
+    conn = pool(smoke)
+    while True:
+        try:
+            check_once(smoke, conn, sha, static)
+            return time.monotonic() - started
+        except (OperationFailed, urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = exc.message if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"
+        if time.monotonic() + delay > deadline:
+            raise OperationFailed(f"smoke test of {smoke.url} failed after {smoke.timeout:.0f}s: {reason}")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)

@@ -1,0 +1,45 @@
+"""Capistrano-style output: an ordered list of named steps, one line each with its duration."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from deployer.errors import DeployError
+
+DOTS_TO = 34
+
+
+class Progress:
+    """Numbers and times the steps of one command; a failure names the step."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.number = 0
+        self.durations: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.number += 1
+        label = f"[{self.number}/{self.total}] {name} "
+        print(label.ljust(DOTS_TO, "."), end=" ", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException as exc:
+            elapsed = time.monotonic() - started
+            print(f"FAILED {elapsed:.2f}s", file=sys.stderr, flush=True)
+            if isinstance(exc, DeployError) and not exc.message.startswith("step "):
+                exc.message = f"step '{name}' failed: {exc.message}"
+                exc.args = (exc.message,)
+            raise
+        elapsed = time.monotonic() - started
+        self.durations[name] = round(elapsed, 3)
+        print(f"ok {elapsed:.2f}s", file=sys.stderr, flush=True)
+
+
+def say(message: str) -> None:
+    """A line of progress that is not a step."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,116 @@
+"""Release virtualenvs built with uv (DESIGN §5.4).
+
+uv's cache lives on the releases' filesystem and installs by hardlink, so an unchanged lock costs
+well under a second; when the previous release has the same requirements and interpreter, its
+venv is hardlink-copied whole (bytecode included) and uv only confirms it is in sync.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from deployer.errors import BadInput, OperationFailed
+from deployer.proc import clean_env, run
+
+
+def find_python(name: str) -> Path:
+    """The configured interpreter: a path, a name on PATH, or a pyenv-installed version."""
+    if os.sep in name:
+        path = Path(name)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BadInput(f"python '{name}' (config key 'python') is not an executable file")
+        return path
+    found = shutil.which(name)
+    if found and _runs(found):
+        return Path(found)
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    version = name.removeprefix("python")
+    candidates = sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/{name}"), reverse=True)
+    for candidate in candidates:
+        if _runs(candidate):
+            return Path(candidate)
+    raise BadInput(
+        f"python '{name}' (config key 'python') not found on PATH or in {pyenv_root}/versions",
+        hint="install it, or set 'python' in the config to the interpreter's full path",
+    )
+
+
+def _runs(python: str) -> bool:
+    # pyenv shims exist on PATH for versions that are not active; they fail when run.
+    return subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
+
+
+def python_identity(python: Path) -> str:
+    out = run([str(python), "-c", "import sys; print(sys.version.split()[0], sys.base_prefix)"], what="python --version")
+    return out.strip()
+
+
+def uv_binary() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if not found:
+            raise BadInput("uv is not installed", hint="pip install uv (it comes with the deployer's dependencies)")
+        return found
+
+
+def requirements_key(requirements: Path, python_id: str, install_flags: list[str]) -> str:
+    digest = hashlib.sha256(requirements.read_bytes())
+    digest.update(python_id.encode())
+    digest.update("\0".join(install_flags).encode())
+    return digest.hexdigest()
+
+
+def build(
+    venv: Path,
+    python: Path,
+    requirements: Path,
+    cache: Path,
+    install_flags: list[str],
+    reuse_from: Path | None,
+) -> str:
+    """Create venv and install the pinned requirements. Returns 'reused' or 'installed'."""
+    uv = uv_binary()
+    env = clean_env({"UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"})
+    cache.mkdir(parents=True, exist_ok=True)
+    how = "installed"
+    if reuse_from is not None and (reuse_from / "bin" / "python").exists():
+        # Hardlinks, not copies: releases are never written after they are built.
+        run(["cp", "-al", "--", str(reuse_from), str(venv)], what="hardlink-copy of the previous venv")
+        how = "reused"
+    else:
+        run([uv, "venv", "--quiet", "--relocatable", "--python", str(python), str(venv)], env=env, what="uv venv")
+    run(
+        [
+            uv, "pip", "sync", "--quiet", "--require-hashes", "--compile-bytecode",
+            "--link-mode", "hardlink", "--python", str(venv / "bin" / "python"),
+            *install_flags, str(requirements),
+        ],
+        env=env,
+        what="uv pip sync",
+    )
+    return how
+
+
+def install_flags(find_links: Path | None, offline: bool) -> list[str]:
+    flags = []
+    if find_links:
+        flags += ["--find-links", str(find_links)]
+    if offline:
+        flags += ["--offline", "--no-index"] if find_links else ["--offline"]
+    return flags
+
+
+def compile_tree(venv: Path, tree: Path) -> None:
+    """Bytecode for the app itself: the service user cannot write __pycache__ into a release."""
+    run([str(venv / "bin" / "python"), "-m", "compileall", "-q", "-j", "0", str(tree)], env=clean_env(), what="compileall")
+
+
