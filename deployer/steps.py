@@ -19,6 +19,7 @@ class Progress:
         self.total = total
         self.number = 0
         self.durations: dict[str, float] = {}
+        self.notes: list[str] = []
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -31,6 +32,7 @@ class Progress:
         except BaseException as exc:
             elapsed = time.monotonic() - started
             print(f"FAILED {elapsed:.2f}s", file=sys.stderr, flush=True)
+            self._flush_notes()
             if isinstance(exc, DeployError) and not exc.message.startswith("step "):
                 exc.message = f"step '{name}' failed: {exc.message}"
                 exc.args = (exc.message,)
@@ -38,6 +40,16 @@ class Progress:
         elapsed = time.monotonic() - started
         self.durations[name] = round(elapsed, 3)
         print(f"ok {elapsed:.2f}s", file=sys.stderr, flush=True)
+        self._flush_notes()
+
+    def note(self, message: str) -> None:
+        """A detail of the running step, printed under its line."""
+        self.notes.append(message)
+
+    def _flush_notes(self) -> None:
+        for message in self.notes:
+            print(f"    {message}", file=sys.stderr, flush=True)
+        self.notes.clear()
 
 
 def say(message: str) -> None:

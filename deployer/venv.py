@@ -111,6 +111,6 @@ def install_flags(find_links: Path | None, offline: bool) -> list[str]:
 
 def compile_tree(venv: Path, tree: Path) -> None:
     """Bytecode for the app itself: the service user cannot write __pycache__ into a release."""
-    run([str(venv / "bin" / "python"), "-m", "compileall", "-q", "-j", "0", str(tree)], env=clean_env(), what="compileall")
+    run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(tree)], env=clean_env(), what="compileall")
 
 

@@ -26,21 +26,23 @@ def activate(config: Config, paths: Paths, sha_or_prefix: str, action: str = "ac
         say(f"release {sha[:12]} is already live; nothing to do")
         return sha
     with progress.step("migrate"):
-        backup = migrate_if_pending(config, paths, sha, meta, env_values)
+        backup = migrate_if_pending(config, paths, progress, sha, meta, env_values)
     go_live(config, paths, progress, sha, previous, action, started, backup=backup)
     return sha
 
 
-def migrate_if_pending(config: Config, paths: Paths, sha: str, meta: dict, env_values: dict) -> str | None:
+def migrate_if_pending(
+    config: Config, paths: Paths, progress: Progress, sha: str, meta: dict, env_values: dict
+) -> str | None:
     """Back up the database and migrate, only when the release has unapplied migrations."""
     db = migrations.database_path(meta)
     todo = migrations.pending(meta, migrations.applied(db)) if db else ["?"]
     if not todo:
-        say("    no pending migrations")
+        progress.note("no pending migrations")
         return None
     backup = migrations.backup(db, paths.backups, f"before-{sha[:12]}") if db else None
     if backup:
-        say(f"    database backed up to {backup}")
+        progress.note(f"database backed up to {backup}")
     env = django.environment(config, env_values, PYTHONDONTWRITEBYTECODE="1")
     try:
         django.manage(config, paths.release(sha), env, "migrate", "--noinput", what="migrate")

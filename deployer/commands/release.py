@@ -33,7 +33,7 @@ def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> st
         git.sync_mirror(paths, config.repo)
     with progress.step("resolve commit"):
         sha = git.resolve(paths, ref)
-    say(f"    {ref} is {sha}")
+        progress.note(f"{ref} is {sha}")
     live = current_sha(paths)
     final = paths.release(sha)
     if final.exists() and not releases.problems(final, config.shared_dirs):
@@ -87,20 +87,22 @@ def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:
                 raise OperationFailed(f"the commit has its own '{name}', which shared_dirs would replace")
             os.symlink(os.path.join("..", "..", "shared", name), link)
 
-    env = django.environment(config, env_values)
-    with progress.step("django checks"):
-        django.run_checks(config, tmp, env)
-        graph = django.inspect(config, tmp, env)
-
-    with progress.step("collectstatic"):
-        staticfiles = tmp / "staticfiles"
-        staticfiles.mkdir()
-        if live:
-            statics.seed_from(paths.release(live) / "staticfiles", staticfiles)
-        django.manage(config, tmp, env, "collectstatic", "--noinput", "-v", "0")
-        static_count = statics.verify(staticfiles)
-        if live:
-            statics.dedupe_against(paths.release(live) / "staticfiles", staticfiles)
+    staticfiles = tmp / "staticfiles"
+    staticfiles.mkdir()
+    live_static = paths.release(live) / "staticfiles" if live else None
+    if live_static:
+        statics.seed_from(live_static, staticfiles)
+    tasks = django.BuildTasks(config, tmp, django.environment(config, env_values))
+    try:
+        with progress.step("django checks"):
+            graph = tasks.wait_for("checks")
+        with progress.step("collectstatic"):
+            tasks.wait_for("collectstatic")
+            static_count = statics.verify(staticfiles)
+            if live_static:
+                statics.dedupe_against(live_static, staticfiles)
+    finally:
+        tasks.close()
 
     return {
         "sha": sha,

@@ -30,22 +30,22 @@ def rollback(config: Config, paths: Paths, to: str | None, migrate: bool, force:
     with progress.step(f"verify {target[:12]}"):
         meta = releases.require_complete(paths, target, config.shared_dirs)
     with progress.step("check migrations"):
-        backup = _reconcile_migrations(config, paths, live, target, meta, migrate, force)
+        backup = _reconcile_migrations(config, paths, progress, live, target, meta, migrate, force)
     go_live(config, paths, progress, target, live, "rollback", started, **({"backup": backup} if backup else {}))
     return target
 
 
-def _reconcile_migrations(config, paths, live, target, meta, migrate, force) -> str | None:
+def _reconcile_migrations(config, paths, progress, live, target, meta, migrate, force) -> str | None:
     """Refuse when the database has migrations the target does not know, unless --migrate
     (unapply them with the live release's code, after a backup) or --force."""
     db = migrations.database_path(meta)
     ahead = migrations.unknown_to(meta, migrations.applied(db)) if db else []
     if not ahead:
-        say("    the database has nothing the target does not know")
+        progress.note("the database has nothing the target does not know")
         return None
     names = ", ".join(f"{app}.{name}" for app, name in ahead)
     if force:
-        say(f"    --force: leaving applied migrations the target does not know: {names}")
+        progress.note(f"--force: leaving applied migrations the target does not know: {names}")
         return None
     if not migrate:
         raise OperationFailed(
@@ -56,10 +56,10 @@ def _reconcile_migrations(config, paths, live, target, meta, migrate, force) -> 
         raise OperationFailed("--migrate needs a live release whose code can unapply the migrations")
     backup = migrations.backup(db, paths.backups, f"before-rollback-{target[:12]}")
     if backup:
-        say(f"    database backed up to {backup}")
+        progress.note(f"database backed up to {backup}")
     env = django.environment(config, envfile.load(config.env_file, config.required_env), PYTHONDONTWRITEBYTECODE="1")
     for app, name in migrations.unapply_targets(meta, ahead):
-        say(f"    unapplying {app} back to {name} with {live[:12]}'s code")
+        progress.note(f"unapplying {app} back to {name} with {live[:12]}'s code")
         django.manage(config, paths.release(live), env, "migrate", app, name, "--noinput", what=f"migrate {app} {name}")
     return str(backup) if backup else None
 
