@@ -36,11 +36,13 @@ def migrate_if_pending(
 ) -> str | None:
     """Back up the database and migrate, only when the release has unapplied migrations."""
     db = migrations.database_path(meta)
-    todo = migrations.pending(meta, migrations.applied(db)) if db else ["?"]
+    done = migrations.applied(db) if db else set()
+    todo = migrations.pending(meta, done) if db else ["(not SQLite: migrate decides)"]
     if not todo:
         progress.note("no pending migrations")
         return None
-    backup = migrations.backup(db, paths.backups, f"before-{sha[:12]}") if db else None
+    # An empty database (a first deploy) has nothing worth a backup.
+    backup = migrations.backup(db, paths.backups, f"before-{sha[:12]}") if db and done else None
     if backup:
         progress.note(f"database backed up to {backup}")
     env = django.environment(config, env_values, PYTHONDONTWRITEBYTECODE="1")
