@@ -1,0 +1,307 @@
+"""Fixtures of the e2e tier: the production topology in a booted Debian container.
+
+Session-wide: one cached debootstrap rootfs, one wheelhouse, one test CA, and one booted
+container set up by running docs/server-guide.md's own shell blocks (see `server`). The
+scenario tests then drive the deployer as the `deploy` user and look at the site through nginx
+over HTTPS from inside the container.
+
+Without root or systemd-nspawn the tier cannot run: it then skips with the reason AND prints a
+warning in the terminal summary; under CI=true it fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+import e2e_machine as m  # noqa: E402
+
+SHARE = "/srv/e2e"  # the session's share dir (bundle, CA, load client), read-only inside
+WHEELHOUSE = "/srv/wheelhouse"
+CA_IN_CONTAINER = "/usr/local/share/ca-certificates/skinmenu-e2e-ca.crt"
+LIVE = f"/etc/letsencrypt/live/{m.DOMAIN}"
+DEV_CHECKOUT = "/home/deploy/dev/skinmenu"  # the developer's clone ("the workstation")
+
+REPORT: dict = {"not_run": None, "figures": [], "started": None}
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def cannot_run_reason() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "needs Linux"
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, mount, systemd-nspawn)"
+    missing = [t for t in ("systemd-nspawn", "debootstrap", "nsenter", "openssl", "git", "mount", "chroot")
+               if not shutil.which(t)]
+    if missing:
+        return f"missing {', '.join(missing)} (apt-get install systemd-container debootstrap)"
+    return None
+
+
+def figure(line: str) -> None:
+    """A measured figure: printed in the terminal summary (and on stderr right away)."""
+    REPORT["figures"].append(line)
+    print(f"[e2e] {line}", file=sys.stderr, flush=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and getattr(item.module, "STORY", False):
+        item.module.STORY_BROKEN = item.name
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    tr = terminalreporter
+    if REPORT["not_run"]:
+        tr.write_sep("!", "E2E TIER DID NOT RUN", red=True, bold=True)
+        tr.write_line(f"WARNING: the production e2e tier (tests/e2e) did not run: {REPORT['not_run']}", red=True, bold=True)
+        tr.write_line("         run `make test` as root on a Linux host with systemd-nspawn and debootstrap "
+                      "(CI=true makes this a failure)", red=True)
+    if REPORT["figures"]:
+        tr.write_sep("-", "skinmenu e2e figures")
+        for line in REPORT["figures"]:
+            tr.write_line(line)
+        if REPORT["started"]:
+            tr.write_line(f"e2e tier wall time: {time.monotonic() - REPORT['started']:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def e2e_host():
+    """Gate: root + nspawn + debootstrap, or skip loudly (fail under CI=true)."""
+    reason = cannot_run_reason()
+    if reason:
+        if _ci():
+            pytest.fail(f"the e2e tier must run under CI=true but cannot: {reason}", pytrace=False)
+        REPORT["not_run"] = reason
+        pytest.skip(f"e2e tier not run: {reason}")
+    if REPORT["started"] is None:
+        REPORT["started"] = time.monotonic()
+
+
+@pytest.fixture(scope="session")
+def rootfs(e2e_host) -> Path:
+    started = time.monotonic()
+    path, built = m.ensure_rootfs()
+    figure(f"rootfs ({m.RECIPE['suite']}, recipe {m.recipe_hash()}): "
+           f"{'built cold' if built else 'cached'} in {time.monotonic() - started:.1f}s")
+    return path
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(rootfs) -> Path:
+    python, glibc = m.rootfs_python(rootfs)
+    started = time.monotonic()
+    path = m.ensure_wheelhouse(python, glibc)
+    figure(f"wheelhouse for Python {python} (glibc {glibc}): {len(list(path.glob('*.whl')))} wheels "
+           f"in {time.monotonic() - started:.1f}s")
+    return path
+
+
+@pytest.fixture(scope="session")
+def share(e2e_host, tmp_path_factory) -> Path:
+    """Host dir bound read-only at /srv/e2e: source bundle, test CA, load client."""
+    path = Path(tempfile.mkdtemp(prefix="skinmenu-e2e-share-", dir=m.WORK_ROOT))
+    path.chmod(0o755)
+    tls = m.make_test_ca(path / "tls")
+    for p in (path / "tls").iterdir():
+        p.chmod(0o644)
+    shutil.copy(Path(__file__).parent / "loadclient.py", path / "loadclient.py")
+    m.snapshot_source(path / "source.bundle")
+    (path / "source.bundle").chmod(0o644)
+    yield path
+    if os.environ.get("SKINMENU_E2E_KEEP") != "1":
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Server:
+    """The booted server, set up by the guide; helpers speak the operator's language."""
+
+    c: m.Container
+    share: Path
+    shas: dict = field(default_factory=dict)  # name -> sha, filled by the scenarios
+
+    # The deployer, exactly as the guide runs it: `sudo -iu deploy deployer ...`.
+    def deployer(self, args: str, timeout: float = 900) -> m.Result:
+        result = self.c.run(f"sudo -iu deploy deployer {args}", check=False, timeout=timeout)
+        m.log(f"deployer {args}: exit {result.returncode} in {result.seconds:.1f}s")
+        return result
+
+    def as_deploy(self, script: str, check: bool = True) -> m.Result:
+        return self.c.run(f"sudo -iu deploy sh -c {shlex.quote(script)}", check=check)
+
+    # HTTPS through nginx, from inside the container, like the smoke test (curl --resolve).
+    def https(self, path: str, *, http: bool = False, extra: str = "") -> "Response":
+        scheme, port = ("http", 80) if http else ("https", 443)
+        script = (
+            f"curl -sS --max-time 60 -i --http1.1 --resolve {m.DOMAIN}:{port}:127.0.0.1 "
+            f"--cacert {CA_IN_CONTAINER} {extra} {shlex.quote(f'{scheme}://{m.DOMAIN}{path}')}"
+        )
+        result = self.c.run(script, check=False)
+        if result.returncode != 0:
+            raise AssertionError(f"curl {path} failed: {result.stderr.strip()}")
+        return Response.parse(result.stdout)
+
+    def healthz(self) -> dict:
+        response = self.https("/healthz")
+        assert response.status == 200, response.summary()
+        return json.loads(response.body)
+
+    def live_sha(self) -> str:
+        return self.c.run("readlink /home/deploy/current").stdout.strip().rsplit("/", 1)[-1]
+
+    # The developer's side: commits pushed to the server's bare repository.
+    def commit_and_push(self, message: str, files: dict[str, str], script: str = "") -> str:
+        for rel, content in files.items():
+            self.c.write(f"{DEV_CHECKOUT}/{rel}", content, owner="deploy:deploy")
+        git = "git -c user.name=Developer -c user.email=dev@skinmenu.invalid"
+        self.as_deploy(
+            f"cd {DEV_CHECKOUT} && {script} {git} add -A && {git} commit -q -m {shlex.quote(message)} "
+            f"&& git push -q origin main"
+        )
+        return self.as_deploy(f"git -C {DEV_CHECKOUT} rev-parse HEAD").stdout.strip()
+
+    def dev_read(self, rel: str) -> str:
+        return self.c.read(f"{DEV_CHECKOUT}/{rel}")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: str
+
+    @classmethod
+    def parse(cls, raw: str) -> "Response":
+        # curl -i may print several header blocks (e.g. 100 Continue); take the last one.
+        head, _, body = raw.partition("\r\n\r\n")
+        while body.startswith("HTTP/"):
+            head, _, body = body.partition("\r\n\r\n")
+        lines = head.split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+        return cls(status, headers, body)
+
+    def summary(self) -> str:
+        return f"HTTP {self.status} {self.headers} {self.body[:500]!r}"
+
+
+def _replace_apt(c: m.Container, block: m.GuideBlock) -> None:
+    """No network in the container: the guide's packages come with the rootfs recipe. Check it."""
+    match = re.search(r"apt-get install -y (.+)", block.body)
+    assert match, f"guide line {block.line}: no apt-get install line"
+    wanted = [p for p in match.group(1).split() if p not in m.GUIDE_PACKAGES_NOT_IN_ROOTFS]
+    for package in wanted:
+        status = c.run(f"dpkg-query -W -f='${{Status}}' {package}", check=False).stdout
+        assert status == "install ok installed", f"guide package {package} is not in the rootfs recipe ({status!r})"
+
+
+def _replace_push(c: m.Container, block: m.GuideBlock) -> None:
+    """`git push production main` from the workstation = the working tree's bundle fetched into
+    the bare repository, as the deploy user (who owns it)."""
+    c.run(f"sudo -u deploy git -C /home/deploy/apps/skinmenu.git fetch -q {SHARE}/source.bundle main:main")
+
+
+def _replace_certbot(c: m.Container, block: m.GuideBlock) -> None:
+    """certbot's result, made by the test CA: the same files at the same paths."""
+    c.run(f"install -d -m 0755 /etc/letsencrypt/live /etc/letsencrypt/live/{m.DOMAIN}")
+    c.run(f"install -m 0644 {SHARE}/tls/fullchain.pem {LIVE}/fullchain.pem")
+    c.run(f"install -m 0600 {SHARE}/tls/privkey.pem {LIVE}/privkey.pem")
+    c.run(f"install -D -m 0644 {SHARE}/tls/ca.crt {CA_IN_CONTAINER}")
+
+
+def run_guide_setup(c: m.Container) -> list[str]:
+    """Run the guide's set-up blocks in order; returns a log of what ran."""
+    blocks = m.guide_blocks()
+    named = {b.name: b for b in blocks if b.action == "run" and b.name}
+
+    def run(block: m.GuideBlock) -> None:
+        c.run("set -e -o pipefail\n" + block.body, shell="/bin/bash")
+
+    hooks = {
+        "apt": _replace_apt,
+        "push": _replace_push,
+        "certbot": _replace_certbot,
+        "deployer-offline": lambda c, b: run(named["deployer-offline"]),
+    }
+    done, seen_test = [], False
+    for block in blocks:
+        if block.action in ("test", "manual"):
+            seen_test = seen_test or block.action == "test"
+            continue
+        if block.action == "run" and block.name:
+            continue  # a named block runs where a `replace` names it
+        assert not seen_test, f"guide line {block.line}: a set-up block after the first deploy"
+        started = time.monotonic()
+        if block.action == "run":
+            run(block)
+        elif block.action == "replace":
+            assert block.name in hooks, f"guide line {block.line}: no e2e replacement for '{block.name}'"
+            hooks[block.name](c, block)
+        else:
+            raise AssertionError(f"guide line {block.line}: unknown e2e action '{block.action}'")
+        done.append(f"guide line {block.line}: {block.action} {block.name} ({time.monotonic() - started:.1f}s)")
+        m.log(done[-1])
+    return done
+
+
+def adapt_config(c: m.Container) -> dict:
+    """The server's releases.yml is the committed one (checked), except for what this machine
+    differs in: its Python, the offline wheelhouse, and the test CA for the smoke test."""
+    text = c.read("/home/deploy/releases.yml")
+    config = yaml.safe_load(text)
+    committed = yaml.safe_load((m.REPO / "releases.yml").read_text())
+    assert config == committed, "the guide's releases.yml copy differs from the committed file"
+    config["python"] = "/usr/bin/python3"
+    config["install"] = {"find_links": WHEELHOUSE, "offline": True}
+    config["smoke"]["cacert"] = CA_IN_CONTAINER
+    header = ("# tests/e2e: the committed releases.yml with this container's python, offline install\n"
+              "# from the wheelhouse, and the test CA for the smoke test.\n")
+    c.write("/home/deploy/releases.yml", header + yaml.safe_dump(config, sort_keys=False), owner="deploy:deploy")
+    return config
+
+
+@pytest.fixture(scope="session")
+def server(rootfs, wheelhouse, share) -> Server:
+    c = m.Container(rootfs, binds={WHEELHOUSE: wheelhouse, SHARE: share})
+    try:
+        c.start()
+        figure(f"container boot: {c.boot_seconds:.1f}s")
+        started = time.monotonic()
+        run_guide_setup(c)
+        adapt_config(c)
+        # The developer's clone of the repository ("the workstation").
+        c.run(f"sudo -u deploy git clone -q /home/deploy/apps/skinmenu.git {DEV_CHECKOUT}")
+        figure(f"server set up by docs/server-guide.md: {time.monotonic() - started:.1f}s")
+        yield Server(c, share)
+    finally:
+        if os.environ.get("SKINMENU_E2E_KEEP") == "1" and c.workdir:
+            m.log(f"SKINMENU_E2E_KEEP=1: container files kept in {c.workdir}")
+        c.stop()
