@@ -52,7 +52,8 @@ max_requests_jitter = 200
 # so gunicorn's is off unless GUNICORN_ACCESS_LOG=1 (then to stderr too).
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
-accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "").lower() in {"1", "true", "yes"} else None
+_access_log = os.environ.get("GUNICORN_ACCESS_LOG", "").strip().lower() in {"1", "true", "yes"}
+accesslog = "-" if _access_log else None
 
 # gunicorn >= 25.1 opens a "control socket" by default for the `gunicornc` tool (worker
 # status, scaling, reload, shutdown) at $XDG_RUNTIME_DIR/gunicorn.ctl, else

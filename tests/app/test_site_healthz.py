@@ -13,7 +13,6 @@ import pytest
 from django.db import OperationalError, connections
 from django.test import override_settings
 
-
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 pytestmark = pytest.mark.django_db

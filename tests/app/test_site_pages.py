@@ -10,17 +10,18 @@ import re
 import shutil
 import tempfile
 from decimal import Decimal
+from io import StringIO
 from pathlib import Path
 
 from django.conf import settings
+from django.core.management import call_command
 from django.test import override_settings
+from home.models import HomePage
+from treatments.models import TreatmentIndexPage, TreatmentPage
 from wagtail.images.models import Image
 from wagtail.images.tests.utils import get_test_image_file
 from wagtail.models import Page, Site
 from wagtail.test.utils import WagtailPageTestCase
-
-from home.models import HomePage
-from treatments.models import TreatmentIndexPage, TreatmentPage
 
 
 def make_treatment(index, title, summary="A treatment.", *, live=True, **fields):
@@ -128,7 +129,8 @@ class RenderingTests(WagtailPageTestCase):
         self.assertEqual(response.status_code, 200)
         self.assertContains(response, "<img")
         self.assertContains(response, 'class="treatment-image"')
-        match = re.search(r'src="/media/(images/peel\.[0-9a-f]+\.fill-960x540\.png)"', response.text)
+        rendition = r'src="/media/(images/peel\.[0-9a-f]+\.fill-960x540\.png)"'
+        match = re.search(rendition, response.text)
         self.assertIsNotNone(match, "no fill-960x540 rendition in the page")
         # The rendition was really written to the media root that nginx serves.
         self.assertTrue((Path(settings.MEDIA_ROOT) / match[1]).is_file())
@@ -214,3 +216,17 @@ class AdminTests(WagtailPageTestCase):
         peel = make_treatment(index, "Glycolic peel")
         self.assertPageIsEditable(peel)
         self.assertPageIsPreviewable(peel)
+
+
+class DemoContentTests(WagtailPageTestCase):
+    def test_seed_demo_content_builds_a_published_menu_once(self):
+        out = StringIO()
+        call_command("seed_demo_content", stdout=out)
+        call_command("seed_demo_content", stdout=out)
+        self.assertIn("already present", out.getvalue())
+        index = TreatmentIndexPage.objects.get()
+        self.assertEqual(index.get_parent().specific_class, HomePage)
+        self.assertEqual(TreatmentPage.objects.live().child_of(index).count(), 3)
+        self.assertFalse(TreatmentPage.objects.filter(has_unpublished_changes=True).exists())
+        response = self.client.get("/treatments/")
+        self.assertContains(response, "Glycolic peel")

@@ -64,6 +64,13 @@ def test_csrf_origins_need_a_scheme(python, prod_env):
     assert "DJANGO_CSRF_TRUSTED_ORIGINS entries need a scheme" in result.stderr
 
 
+def test_admin_base_url_needs_a_scheme(python, prod_env):
+    env = {**prod_env, "WAGTAILADMIN_BASE_URL": "skinmenu.example.com"}
+    result = python(LOAD_SETTINGS, env=env)
+    assert result.returncode != 0
+    assert "WAGTAILADMIN_BASE_URL needs a scheme" in result.stderr
+
+
 def test_ssl_redirect_flag_must_be_a_boolean(python, prod_env):
     result = python(LOAD_SETTINGS, env={**prod_env, "DJANGO_SECURE_SSL_REDIRECT": "maybe"})
     assert result.returncode != 0

@@ -7,7 +7,8 @@ Paths (DESIGN §1, §10). In a deployed release this file lives at
 /home/deploy/releases/<sha>/app/config/settings/base.py, so
 
     APP_DIR       /home/deploy/releases/<sha>/app     (where manage.py is)
-    RELEASE_ROOT  /home/deploy/releases/<sha>         (REVISION, staticfiles/, db -> shared/db, media -> shared/media)
+    RELEASE_ROOT  /home/deploy/releases/<sha>         (REVISION, staticfiles/,
+                                                       db -> shared/db, media -> shared/media)
 
 `resolve()` follows the `current` symlink once, at import time, so a running process keeps
 using the release it was started from. In a checkout RELEASE_ROOT is the repository root.

@@ -118,6 +118,10 @@ if _origins is not None:
 
 _base_url = _get("WAGTAILADMIN_BASE_URL", required=_required)
 if _base_url is not None:
+    if not _base_url.startswith(("https://", "http://")):
+        raise ImproperlyConfigured(
+            f"WAGTAILADMIN_BASE_URL needs a scheme, e.g. https://{_base_url} (got {_base_url!r})"
+        )
     WAGTAILADMIN_BASE_URL = _base_url.rstrip("/")
 
 # --- transport -----------------------------------------------------------------------------

@@ -8,9 +8,9 @@ from decimal import Decimal
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from treatments.models import TreatmentIndexPage, TreatmentPage
 
 from home.models import HomePage
-from treatments.models import TreatmentIndexPage, TreatmentPage
 
 TREATMENTS = [
     (
@@ -55,8 +55,9 @@ class Command(BaseCommand):
                 intro="<p>Every treatment, how long it takes and what it costs.</p>",
             )
         )
+        index.save_revision().publish()
         for title, summary, minutes, price, body in TREATMENTS:
-            index.add_child(
+            treatment = index.add_child(
                 instance=TreatmentPage(
                     title=title,
                     summary=summary,
@@ -65,4 +66,5 @@ class Command(BaseCommand):
                     body=body,
                 )
             )
+            treatment.save_revision().publish()
         self.stdout.write(f"created {index.url_path} with {len(TREATMENTS)} treatments")
