@@ -73,6 +73,12 @@ def live_stack(entries: list[dict]) -> list[str]:
     return stack
 
 
+def last_live(entries: list[dict]) -> str | None:
+    """The release the last completed activation made live."""
+    stack = live_stack(entries)
+    return stack[-1] if stack else None
+
+
 def failed_smoke(entries: list[dict]) -> set[str]:
     """Releases whose latest activation failed its smoke test."""
     latest: dict[str, str] = {}

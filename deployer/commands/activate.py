@@ -23,8 +23,13 @@ def activate(config: Config, paths: Paths, sha_or_prefix: str, action: str = "ac
         meta = releases.require_complete(paths, sha, config.shared_dirs)
     previous = current_sha(paths)
     if previous == sha:
-        say(f"release {sha[:12]} is already live; nothing to do")
-        return sha
+        recorded = history.last_live(history.read(paths))
+        if recorded == sha:
+            say(f"release {sha[:12]} is already live; nothing to do")
+            return sha
+        # A run killed between the switch and its history line: finish what it started.
+        say(f"current already points at {sha[:12]}, but that activation never finished; finishing it")
+        previous = recorded
     with progress.step("migrate"):
         backup = migrate_if_pending(config, paths, progress, sha, meta, env_values)
     go_live(config, paths, progress, sha, previous, action, started, backup=backup)
