@@ -28,13 +28,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 import e2e_machine as m  # noqa: E402
 
-SHARE = "/srv/e2e"  # the session's share dir (bundle, CA, load client), read-only inside
-WHEELHOUSE = "/srv/wheelhouse"
-CA_IN_CONTAINER = "/usr/local/share/ca-certificates/skinmenu-e2e-ca.crt"
-LIVE = f"/etc/letsencrypt/live/{m.DOMAIN}"
-DEV_CHECKOUT = "/home/deploy/dev/skinmenu"  # the developer's clone ("the workstation")
+from e2e_machine import CA_IN_CONTAINER, DEV_CHECKOUT, REPORT, SHARE, WHEELHOUSE, figure  # noqa: E402
 
-REPORT: dict = {"not_run": None, "figures": [], "started": None}
+LIVE = f"/etc/letsencrypt/live/{m.DOMAIN}"
 
 
 def _ci() -> bool:
@@ -53,12 +49,6 @@ def cannot_run_reason() -> str | None:
     return None
 
 
-def figure(line: str) -> None:
-    """A measured figure: printed in the terminal summary (and on stderr right away)."""
-    REPORT["figures"].append(line)
-    print(f"[e2e] {line}", file=sys.stderr, flush=True)
-
-
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
@@ -72,6 +62,18 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call" and report.failed and getattr(item.module, "STORY", False):
         item.module.STORY_BROKEN = item.name
+    server = item.funcargs.get("server") if hasattr(item, "funcargs") else None
+    if report.failed and server is not None and report.when == "call":
+        # What an operator would look at: the service's journal, nginx's error log, history.
+        for title, script in [
+            ("journalctl -u skinmenu.service (last 60)", "journalctl -u skinmenu.service -u skinmenu.socket --no-pager -n 60"),
+            ("/var/log/nginx/error.log (last 30)", "tail -n 30 /var/log/nginx/error.log"),
+            ("state/history.jsonl", "tail -n 10 /home/deploy/state/history.jsonl"),
+        ]:
+            try:
+                report.sections.append((title, server.c.run(script, check=False, timeout=30).output))
+            except Exception as exc:  # noqa: BLE001 - diagnostics must not mask the failure
+                report.sections.append((title, f"(could not collect: {exc})"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -144,6 +146,7 @@ class Server:
     c: m.Container
     share: Path
     shas: dict = field(default_factory=dict)  # name -> sha, filled by the scenarios
+    notes: dict = field(default_factory=dict)  # what one scenario tells the next
 
     # The deployer, exactly as the guide runs it: `sudo -iu deploy deployer ...`.
     def deployer(self, args: str, timeout: float = 900) -> m.Result:
@@ -198,10 +201,12 @@ class Response:
     @classmethod
     def parse(cls, raw: str) -> "Response":
         # curl -i may print several header blocks (e.g. 100 Continue); take the last one.
-        head, _, body = raw.partition("\r\n\r\n")
+        # (Text mode has already turned CRLF into LF.)
+        raw = raw.replace("\r\n", "\n")
+        head, _, body = raw.partition("\n\n")
         while body.startswith("HTTP/"):
-            head, _, body = body.partition("\r\n\r\n")
-        lines = head.split("\r\n")
+            head, _, body = body.partition("\n\n")
+        lines = head.split("\n")
         status = int(lines[0].split()[1])
         headers = {}
         for line in lines[1:]:

@@ -38,6 +38,21 @@ WORK_ROOT = Path(os.environ.get("SKINMENU_E2E_WORKDIR", "/var/tmp"))
 MIRROR = os.environ.get("SKINMENU_E2E_MIRROR", "http://deb.debian.org/debian")
 DOMAIN = "skinmenu.example.com"
 
+# Inside the container.
+SHARE = "/srv/e2e"  # the session's share dir (bundle, CA, load client), bound read-only
+WHEELHOUSE = "/srv/wheelhouse"
+CA_IN_CONTAINER = "/usr/local/share/ca-certificates/skinmenu-e2e-ca.crt"
+DEV_CHECKOUT = "/home/deploy/dev/skinmenu"  # the developer's clone ("the workstation")
+
+# Measured figures and the did-not-run reason, printed in the terminal summary by conftest.py.
+REPORT: dict = {"not_run": None, "figures": [], "started": None}
+
+
+def figure(line: str) -> None:
+    """A measured figure: printed in the terminal summary (and on stderr right away)."""
+    REPORT["figures"].append(line)
+    print(f"[e2e] {line}", file=sys.stderr, flush=True)
+
 # The rootfs recipe. Its hash names the cache directory: change anything here and the next run
 # builds a new rootfs. Debian 13 "trixie": its Python (3.13) satisfies the pinned requirements
 # (some need >= 3.12, so bookworm's 3.11 cannot install them); the server guide supports Ubuntu

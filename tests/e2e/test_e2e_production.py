@@ -1,15 +1,31 @@
 """The operator's story on the production topology (DESIGN §12, issue 4).
 
-One booted Debian container, set up by docs/server-guide.md (conftest.py `server`); the tests
-below run in order and each builds on the previous one, like the life of a real server.
+One booted Debian container, set up by running docs/server-guide.md (conftest.py `server`).
+The tests run in order and each builds on the previous one, like the life of a real server:
+first deploy, a second deploy with a visible change and a migration (under load), rollback
+refused because of it, rollback --migrate (under load), a release that cannot boot, a fix,
+prune. Everything is seen from inside the container through nginx over HTTPS, with the
+domain's certificate checked against the test CA (curl --resolve, as the smoke test does).
 """
 
 from __future__ import annotations
 
+import json
+import re
+import time
+
 import pytest
 
-STORY = True
+import e2e_machine as m
+from e2e_machine import CA_IN_CONTAINER, SHARE, figure
+
+STORY = True  # conftest: a failure here skips the rest of the story
 STORY_BROKEN = None
+
+DOMAIN = m.DOMAIN
+HASHED = re.compile(r"\.[0-9a-f]{12}\.[A-Za-z0-9]+$")
+IMMUTABLE = "public, max-age=31536000, immutable"
+VISIBLE_CHANGE = "Now booking online"
 
 
 @pytest.fixture(autouse=True)
@@ -18,8 +34,324 @@ def _story_so_far():
         pytest.skip(f"an earlier step of the story failed ({STORY_BROKEN})")
 
 
+def static_urls(html: str) -> list[str]:
+    return sorted(set(re.findall(r"""(?:href|src)=["'](/static/[^"'?#]+)""", html)))
+
+
+def service_main_pid(server) -> int:
+    return int(server.c.run("systemctl show -p MainPID --value skinmenu.service").stdout.strip())
+
+
+class Load:
+    """Requests through nginx over HTTPS, continuously, from inside the container."""
+
+    def __init__(self, server, paths: list[str], label: str, workers: int = 4):
+        self.server, self.label = server, label
+        self.stop_file, self.ready_file = "/run/e2e-load.stop", "/run/e2e-load.ready"
+        server.c.run(f"rm -f {self.stop_file} {self.ready_file}")
+        args = " ".join(f"--path {p}" for p in paths)
+        self.proc = server.c.popen(
+            f"exec python3 {SHARE}/loadclient.py --cacert {CA_IN_CONTAINER} --stop {self.stop_file} "
+            f"--ready {self.ready_file} --workers {workers} --max-seconds 600 --max-requests 500000 {args}"
+        )
+        deadline = time.monotonic() + 30
+        while server.c.run(f"test -e {self.ready_file}", check=False).returncode != 0:
+            assert self.proc.poll() is None, f"load client died: {self.proc.communicate()}"
+            assert time.monotonic() < deadline, "load client never got a first 200"
+            time.sleep(0.1)
+        time.sleep(1)  # a second of steady state before the operation
+
+    def finish(self) -> dict:
+        time.sleep(1)  # and one after it
+        self.server.c.run(f"touch {self.stop_file}")
+        out, err = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0, f"load client failed: {err}"
+        stats = json.loads(out)
+        figure(
+            f"{self.label}: {stats['count']} requests in {stats['seconds']}s ({len(stats['by_status'])} "
+            f"status kinds {stats['by_status']}), {stats['failed']} failed, worst latency {stats['worst_ms']} ms "
+            f"({stats['worst_path']}), p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms"
+        )
+        return stats
+
+
+# --- the server as the guide left it --------------------------------------------------------------
+
 def test_server_is_set_up_by_the_guide(server):
     c = server.c
     assert c.run("systemctl is-active skinmenu.socket").stdout.strip() == "active"
     assert c.run("stat -c '%U:%G %a' /run/skinmenu/skinmenu.sock").stdout.split() == ["root:www-data", "660"]
+    assert c.run("stat -c '%U:%G %a' /home/deploy").stdout.split() == ["deploy:deploy", "711"]
+    assert c.run("stat -c '%U:%G %a' /etc/skinmenu/skinmenu.env").stdout.split() == ["root:deploy", "640"]
     c.run("nginx -t")
+    # The installed files are the repository's, byte for byte.
+    for installed, source in [
+        ("/etc/systemd/system/skinmenu.service", "systemd/skinmenu.service"),
+        ("/etc/systemd/system/skinmenu.socket", "systemd/skinmenu.socket"),
+        ("/etc/sudoers.d/skinmenu", "systemd/skinmenu.sudoers"),
+        ("/etc/nginx/sites-enabled/skinmenu", "nginx/skinmenu.conf"),
+    ]:
+        assert c.read(installed) == (m.REPO / source).read_text(), f"{installed} differs from {source}"
+
+
+def test_deploy_user_may_only_restart_the_service(server):
+    c = server.c
+    rules = c.run("sudo -l -U deploy").stdout
+    granted = [line.strip() for line in rules.splitlines() if line.strip().startswith("(")]
+    assert granted == ["(root) NOPASSWD: /usr/bin/systemctl restart skinmenu.service"], rules
+    for forbidden in ("/usr/bin/systemctl stop skinmenu.service", "/usr/bin/systemctl restart nginx.service",
+                      "/usr/bin/systemctl restart skinmenu.service --now", "/bin/sh -c id"):
+        result = c.run(f"sudo -iu deploy sudo -n {forbidden}", check=False)
+        assert result.returncode != 0, f"deploy could run `{forbidden}` as root"
+
+
+def test_systemd_analyze_security_scores_at_most_2(server):
+    out = server.c.run("systemd-analyze security --no-pager skinmenu.service").stdout
+    score = float(re.search(r"Overall exposure level for skinmenu\.service: (\d+\.\d+)", out).group(1))
+    figure(f"systemd-analyze security skinmenu.service (booted container, systemd "
+           f"{server.c.run('systemctl --version').stdout.split()[1]}): {score}")
+    assert score <= 2.0, out
+
+
+# --- first deploy ----------------------------------------------------------------------------------
+
+def test_first_deploy(server):
+    """The guide's 'First deploy' block, verbatim."""
+    c = server.c
+    block = next(b for b in m.guide_blocks() if b.action == "test" and b.name == "first-deploy")
+    for line in block.body.splitlines():
+        result = c.run(line, check=False, timeout=900)
+        m.log(f"{line}: exit {result.returncode} in {result.seconds:.1f}s")
+        assert result.returncode == 0, result.describe()
+        if line.endswith("deploy main"):
+            figure(f"first deploy (cold uv cache, offline wheelhouse): {result.seconds:.1f}s")
+    sha = server.live_sha()
+    server.shas["first"] = sha
+    health = server.healthz()
+    assert health == {"status": "ok", "release": sha, "database": "ok"}
+
+    home = server.https("/")
+    assert home.status == 200, home.summary()
+    assert "Skinmenu" in home.body
+    assert home.headers.get("strict-transport-security", "").startswith("max-age=31536000")
+    assets = static_urls(home.body)
+    assert assets and all(HASHED.search(url) for url in assets), assets
+    for url in assets:
+        asset = server.https(url)
+        assert asset.status == 200, (url, asset.summary())
+        assert asset.headers["cache-control"] == IMMUTABLE, (url, asset.headers)
+    server.notes.update(first_home=home.body, first_assets=assets)
+
+    assert server.https("/admin/login/").status == 200
+    redirect = server.https("/admin/login/?next=/admin/", http=True)
+    assert redirect.status == 301 and redirect.headers["location"] == f"https://{DOMAIN}/admin/login/?next=/admin/"
+
+    # gunicorn runs as the service user, from the release `current` named at start.
+    pid = service_main_pid(server)
+    assert c.run(f"ps -o user= -p {pid}").stdout.strip() == "skinmenu"
+    assert c.run(f"readlink /proc/{pid}/cwd").stdout.strip() == f"/home/deploy/releases/{sha}/app"
+
+
+def test_nginx_serves_the_site_as_designed(server):
+    c = server.c
+    # nginx overwrites X-Forwarded-Proto: a client claiming "http" would otherwise get Django's
+    # SSL redirect (301) instead of the page.
+    spoofed = server.https("/admin/login/", extra="-H 'X-Forwarded-Proto: http' -H 'X-Forwarded-For: 6.6.6.6'")
+    assert spoofed.status == 200, spoofed.summary()
+    # Unknown host names are dropped, not handed to Django.
+    other = c.run("curl -sS -o /dev/null -w '%{http_code}' -H 'Host: evil.example' http://127.0.0.1/", check=False)
+    assert other.stdout.strip() in ("000", "") and other.returncode != 0
+    tls_other = c.run("curl -sS -o /dev/null -k --resolve evil.example:443:127.0.0.1 https://evil.example/", check=False)
+    assert tls_other.returncode != 0  # ssl_reject_handshake
+    # TLS 1.2 is accepted (1.3 is the default); dotfiles and directory listings are refused.
+    assert server.https("/healthz", extra="--tlsv1.2 --tls-max 1.2").status == 200
+    assert server.https("/static/.hidden").status in (403, 404)
+    assert server.https("/.env").status == 403
+    assert server.https("/media/").status in (403, 404)
+    # Media: served as inert files; unknown types are downloads, never rendered or run.
+    c.run("install -o skinmenu -g skinmenu -m 0644 /dev/null /home/deploy/shared/media/e2e.html")
+    c.run("echo '<script>alert(1)</script>' > /home/deploy/shared/media/e2e.html")
+    media = server.https("/media/e2e.html")
+    assert media.status == 200
+    assert media.headers["content-type"] == "application/octet-stream"
+    assert media.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in media.headers["content-security-policy"]
+    c.run("rm -f /home/deploy/shared/media/e2e.html")
+
+
+def test_service_user_cannot_write_into_a_release(server):
+    c = server.c
+    for path in ("/home/deploy/current/app/x", "/home/deploy/current/venv/x", "/home/deploy/current/staticfiles/x",
+                 "/home/deploy/releases/x"):
+        result = c.run(f"runuser -u skinmenu -- touch {path}", check=False)
+        assert result.returncode != 0 and "Permission denied" in result.stderr, (path, result.describe())
+    # …but it can write the shared directories (uploads, the database).
+    c.run("runuser -u skinmenu -- touch /home/deploy/shared/media/.e2e && rm /home/deploy/shared/media/.e2e")
+    c.run("runuser -u skinmenu -- test -w /home/deploy/shared/db/skinmenu.sqlite3")
+    # And the running service sees the releases read-only whatever the modes say.
+    pid = service_main_pid(server)
+    mounts = c.run(f"cat /proc/{pid}/mountinfo").stdout
+    deploy_mount = [line for line in mounts.splitlines() if line.split()[4] == "/home/deploy"][-1]
+    assert deploy_mount.split()[5].split(",")[0] == "ro", deploy_mount
+    db_mount = [line for line in mounts.splitlines() if line.split()[4] == "/home/deploy/shared/db"][-1]
+    assert db_mount.split()[5].split(",")[0] == "rw", db_mount
+
+
+# --- a second deploy: visible change, new static file, new migration, under load --------------------
+
+def _migration_commit(server) -> str:
+    models = server.dev_read("app/treatments/models.py")
+    anchor = "    body = RichTextField(blank=True)\n"
+    assert anchor in models
+    models = models.replace(anchor, anchor + "    booking_note = models.CharField(max_length=200, blank=True, null=True)\n")
+    leaves = sorted(
+        line for line in server.c.run(f"ls /home/deploy/dev/skinmenu/app/treatments/migrations").stdout.split()
+        if re.match(r"\d{4}_.*\.py$", line)
+    )
+    leaf = leaves[-1].removesuffix(".py")
+    number = int(leaf[:4]) + 1
+    name = f"{number:04d}_treatmentpage_booking_note"
+    migration = (
+        "from django.db import migrations, models\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        f"    dependencies = [(\"treatments\", \"{leaf}\")]\n\n"
+        "    operations = [\n"
+        "        migrations.AddField(\n"
+        "            model_name=\"treatmentpage\",\n"
+        "            name=\"booking_note\",\n"
+        "            field=models.CharField(blank=True, max_length=200, null=True),\n"
+        "        ),\n"
+        "    ]\n"
+    )
+    template = server.dev_read("app/templates/home/home_page.html")
+    anchor = "    <h1>{{ page.title }}</h1>\n"
+    assert anchor in template
+    template = template.replace(anchor, anchor + f"    <p class=\"tagline\">{VISIBLE_CHANGE}</p>\n")
+    css = server.dev_read("app/static/css/site.css") + "\n.tagline { font-weight: 600; }\n"
+    server.notes["migration"] = f"treatments.{name}"
+    return server.commit_and_push(
+        "Home page tagline; treatments get a booking note",
+        {
+            "app/treatments/models.py": models,
+            f"app/treatments/migrations/{name}.py": migration,
+            "app/templates/home/home_page.html": template,
+            "app/static/css/site.css": css,
+        },
+    )
+
+
+def test_second_deploy_with_a_visible_change_and_a_migration_under_load(server):
+    sha = _migration_commit(server)
+    server.shas["second"] = sha
+    old_assets = server.notes["first_assets"]
+
+    built = server.deployer("release main")
+    assert built.returncode == 0, built.describe()
+    assert built.stdout.strip().splitlines()[-1] == sha
+    figure(f"release of the second commit (venv reused): {built.seconds:.1f}s")
+
+    load = Load(server, ["/", "/healthz", old_assets[0]], "load during `deployer activate` (with a migration)")
+    activated = server.deployer(f"activate {sha[:12]}")
+    stats = load.finish()
+    assert activated.returncode == 0, activated.describe()
+    assert stats["failed"] == 0, stats["errors"]
+    assert stats["count"] > 0
+
+    assert server.healthz()["release"] == sha
+    home = server.https("/")
+    assert VISIBLE_CHANGE in home.body
+    new_assets = static_urls(home.body)
+    new_css = [u for u in new_assets if "/css/site." in u]
+    assert new_css and new_css[0] not in old_assets, (new_assets, old_assets)
+    css = server.https(new_css[0])
+    assert css.status == 200 and ".tagline" in css.body
+    assert css.headers["cache-control"] == IMMUTABLE
+
+
+def test_a_page_of_the_old_release_still_finds_its_assets(server):
+    """Pages rendered before the switch reference the old hashed names: still 200, same bytes."""
+    for url in server.notes["first_assets"]:
+        response = server.https(url)
+        assert response.status == 200, (url, response.summary())
+        assert response.headers["cache-control"] == IMMUTABLE
+
+
+# --- rollback ---------------------------------------------------------------------------------------
+
+def test_rollback_is_refused_because_of_the_migration(server):
+    result = server.deployer("rollback")
+    assert result.returncode == 1, result.describe()
+    assert server.notes["migration"] in result.stderr, result.stderr
+    assert "--migrate" in result.stderr
+    assert server.live_sha() == server.shas["second"]
+    assert server.healthz()["release"] == server.shas["second"]
+
+
+def test_rollback_with_migrate_under_load(server):
+    load = Load(server, ["/", "/healthz", server.notes["first_assets"][0]], "load during `deployer rollback --migrate`")
+    result = server.deployer("rollback --migrate")
+    stats = load.finish()
+    assert result.returncode == 0, result.describe()
+    assert stats["failed"] == 0, stats["errors"]
+    assert server.healthz()["release"] == server.shas["first"]
+    assert VISIBLE_CHANGE not in server.https("/").body
+    columns = server.c.run(
+        "python3 -c \"import sqlite3; c = sqlite3.connect('file:/home/deploy/shared/db/skinmenu.sqlite3?mode=ro', uri=True);"
+        " print([r[1] for r in c.execute('pragma table_info(treatments_treatmentpage)')])\""
+    ).stdout
+    assert "booking_note" not in columns and "summary" in columns, columns
+
+
+# --- a release that cannot boot ---------------------------------------------------------------------
+
+def test_a_release_that_cannot_boot_is_refused(server):
+    """Passes the build (manage.py never imports config.wsgi) but gunicorn cannot load it: the
+    restart fails (Type=notify + preload), the deployer switches back, the site keeps serving."""
+    wsgi = server.dev_read("app/config/wsgi.py")
+    sha = server.commit_and_push(
+        "Broken: the WSGI module raises on import",
+        {"app/config/wsgi.py": wsgi + "\nraise RuntimeError(\"e2e: this release cannot boot\")\n"},
+    )
+    server.shas["broken"] = sha
+    result = server.deployer("deploy main")
+    assert result.returncode == 1, result.describe()
+    assert "deployer: error:" in result.stderr
+    assert server.live_sha() == server.shas["first"]
+    assert server.healthz()["release"] == server.shas["first"]
+    assert server.https("/").status == 200
+    assert server.c.run("systemctl is-active skinmenu.service").stdout.strip() == "active"
+    journal = server.c.run("journalctl -u skinmenu.service --no-pager -n 200").stdout
+    assert "e2e: this release cannot boot" in journal
+    server.notes["broken_stderr"] = result.stderr.strip().splitlines()[-1]
+    figure(f"unbootable release refused (exit 1): {server.notes['broken_stderr']}")
+
+
+def test_the_fix_deploys(server):
+    wsgi = server.dev_read("app/config/wsgi.py")
+    fixed = wsgi.replace("\nraise RuntimeError(\"e2e: this release cannot boot\")\n", "")
+    sha = server.commit_and_push("Fix the WSGI module", {"app/config/wsgi.py": fixed})
+    server.shas["fixed"] = sha
+    result = server.deployer("deploy main")
+    assert result.returncode == 0, result.describe()
+    assert server.healthz()["release"] == sha
+    assert VISIBLE_CHANGE in server.https("/").body
+
+
+# --- prune ------------------------------------------------------------------------------------------
+
+def test_prune_keep_2(server):
+    c = server.c
+    listing = server.deployer("list --json")
+    assert listing.returncode == 0, listing.describe()
+    before = set(c.run("ls /home/deploy/releases").stdout.split())
+    assert set(server.shas.values()) <= before, (server.shas, before)
+    result = server.deployer("prune --keep 2")
+    assert result.returncode == 0, result.describe()
+    after = set(c.run("ls /home/deploy/releases").stdout.split())
+    # Kept: the two newest good builds (fixed = current, second), and the rollback target (first,
+    # live before fixed). A release that failed its smoke test does not take one of the places.
+    expected = {server.shas["fixed"], server.shas["second"], server.shas["first"]}
+    assert after == expected, (result.describe(), after, server.shas)
+    assert f"removing {server.shas['broken'][:12]}" in result.stderr
+    assert server.healthz()["release"] == server.shas["fixed"]
+    figure(f"prune --keep 2: {len(before)} -> {len(after)} releases: {result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr.strip().splitlines()[-1]}")
