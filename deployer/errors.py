@@ -29,3 +29,9 @@ class LockHeld(DeployError):
     """Another deploy holds the lock (exit 3)."""
 
     exit_code = 3
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """User input as it may appear in a one-line message: quoted, escaped, cut."""
+    escaped = text.encode("unicode_escape").decode("ascii")
+    return "'" + (escaped if len(escaped) <= limit else escaped[:limit] + "…") + "'"

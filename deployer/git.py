@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from deployer.errors import BadInput, OperationFailed
+from deployer.errors import BadInput, OperationFailed, shown
 from deployer.paths import SHA_RE, Paths
 from deployer.proc import run
 
@@ -17,7 +17,7 @@ _REF_RE = re.compile(r"[A-Za-z0-9._/@^~{}:+-]{1,200}")
 def validate_ref(ref: str) -> str:
     """Syntax only: the mirror decides whether it names a commit."""
     if not _REF_RE.fullmatch(ref) or ref.startswith("-"):
-        raise BadInput(f"'{ref}' is not a valid commit-ish", hint="give a branch, tag or sha")
+        raise BadInput(f"{shown(ref)} is not a valid commit-ish", hint="give a branch, tag or sha")
     return ref
 
 
@@ -44,7 +44,7 @@ def resolve(paths: Paths, ref: str) -> str:
     )
     sha = proc.stdout.strip()
     if proc.returncode != 0 or not SHA_RE.fullmatch(sha):
-        raise BadInput(f"'{ref}' is not a known commit in {paths.repo}", hint="check the branch, tag or sha")
+        raise BadInput(f"{shown(ref)} is not a known commit in {paths.repo}", hint="check the branch, tag or sha")
     return sha
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from deployer.errors import BadInput, OperationFailed
+from deployer.errors import BadInput, OperationFailed, shown
 from deployer.paths import PREFIX_RE, SHA_RE, Paths
 
 METADATA = "RELEASE.json"
@@ -96,7 +96,7 @@ def validate_prefix(text: str) -> str:
     candidate = text.strip().lower()
     if not PREFIX_RE.fullmatch(candidate):
         raise BadInput(
-            f"'{text}' is not a sha or sha prefix (4 to 40 hex digits)",
+            f"{shown(text)} is not a sha or sha prefix (4 to 40 hex digits)",
             hint="see `deployer list` for the built releases",
         )
     return candidate
@@ -108,9 +108,9 @@ def find(paths: Paths, text: str) -> str:
     names = [p.name for p in paths.releases.iterdir()] if paths.releases.is_dir() else []
     matches = [name for name in names if SHA_RE.fullmatch(name) and name.startswith(prefix)]
     if not matches:
-        raise BadInput(f"no release matches '{text}'", hint="build it first with `deployer release <commit>`")
+        raise BadInput(f"no release matches {shown(text)}", hint="build it first with `deployer release <commit>`")
     if len(matches) > 1:
-        raise BadInput(f"'{text}' is ambiguous: {', '.join(m[:12] for m in sorted(matches))}")
+        raise BadInput(f"{shown(text)} is ambiguous: {', '.join(m[:12] for m in sorted(matches))}")
     return matches[0]
 
 
