@@ -41,7 +41,7 @@ bench: venv
 
 # Regenerate the pinned, hashed requirements from app/requirements.in (uv on PATH or in the venv).
 requirements:
-	uv pip compile --generate-hashes --python-version 3.12 --universal \
+	UV_PYTHON_DOWNLOADS=never uv pip compile --generate-hashes --python-version 3.12 --universal \
 	  --output-file app/requirements.txt app/requirements.in
 
 clean:

@@ -93,7 +93,7 @@ def by_build_time(releases: dict[str, dict]) -> list[str]:
 
 def validate_prefix(text: str) -> str:
     """A sha or a prefix of one: 4 to 40 lowercase hex digits, nothing else."""
-    candidate = text.strip().lower()
+    candidate = text.lower()
     if not PREFIX_RE.fullmatch(candidate):
         raise BadInput(
             f"{shown(text)} is not a sha or sha prefix (4 to 40 hex digits)",
