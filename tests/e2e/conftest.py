@@ -126,7 +126,8 @@ def wheelhouse(rootfs) -> Path:
 @pytest.fixture(scope="session")
 def share(e2e_host, tmp_path_factory) -> Path:
     """Host dir bound read-only at /srv/e2e: source bundle, test CA, load client."""
-    path = Path(tempfile.mkdtemp(prefix="skinmenu-e2e-share-", dir=m.WORK_ROOT))
+    m.reap_stale()
+    path = Path(tempfile.mkdtemp(prefix=f"skinmenu-e2e-share-{os.getpid()}-", dir=m.WORK_ROOT))
     path.chmod(0o755)
     tls = m.make_test_ca(path / "tls")
     for p in (path / "tls").iterdir():

@@ -342,6 +342,8 @@ class Container:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
         self.leader = self._find_leader(timeout=30)
+        (self.workdir / "owner.json").write_text(json.dumps(
+            {"owner": os.getpid(), "nspawn": self.process.pid, "leader": self.leader}))
         self._wait_booted(timeout)
         self.boot_seconds = time.monotonic() - started
         log(f"container {self.name} booted in {self.boot_seconds:.1f}s (PID 1 = host pid {self.leader})")
@@ -434,6 +436,50 @@ class Container:
 
     def read(self, path: str) -> str:
         return self.run(f"cat {shlex.quote(path)}").stdout
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale() -> None:
+    """Containers and share dirs left by a test session that was killed (its finalizers never
+    ran): power them off, unmount, delete. Sessions still running are left alone."""
+    for workdir in WORK_ROOT.glob("skinmenu-e2e-*"):
+        owner_file = workdir / "owner.json"
+        if workdir.name.startswith("skinmenu-e2e-share-"):
+            owner = int(workdir.name.split("-")[3]) if workdir.name.split("-")[3].isdigit() else None
+            if not _alive(owner):
+                shutil.rmtree(workdir, ignore_errors=True)
+            continue
+        if not owner_file.exists():
+            if time.time() - workdir.stat().st_mtime < 3600:
+                continue  # being created right now by another session
+            info = {}
+        else:
+            info = json.loads(owner_file.read_text() or "{}")
+            if _alive(info.get("owner")):
+                continue
+        log(f"reaping {workdir} left by a killed session")
+        for key in ("leader", "nspawn"):
+            pid = info.get(key)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        root = workdir / "root"
+        if os.path.ismount(root):
+            if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(root)], capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _children(pid: int) -> list[int]:
