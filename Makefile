@@ -19,7 +19,7 @@ $(STAMP): setup.cfg app/requirements.txt
 	touch $@
 
 demo: venv
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py --port $${DEMO_PORT:-8000}
 
 demo-stop: venv
 	$(BIN)/python scripts/demo.py --stop

@@ -33,7 +33,8 @@ def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> st
         git.sync_mirror(paths, config.repo)
     with progress.step("resolve commit"):
         sha = git.resolve(paths, ref)
-        progress.note(f"{ref} is {sha}")
+        if ref != sha:
+            progress.note(f"{ref} is {sha}")
     live = current_sha(paths)
     final = paths.release(sha)
     if final.exists() and not releases.problems(final, config.shared_dirs):
