@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg app/requirements.txt 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: venv demo demo-stop test test-unit test-integration test-e2e bench requirements clean
+
+.PHONY: system-deps venv demo demo-stop test test-unit test-integration test-e2e bench requirements clean
 
 venv: $(STAMP)
 
@@ -24,7 +25,10 @@ demo: venv
 demo-stop: venv
 	$(BIN)/python scripts/demo.py --stop
 
-test: venv
+system-deps:
+	scripts/install-system-deps
+
+test: system-deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -33,7 +37,7 @@ test-unit: venv
 test-integration: venv
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: venv
+test-e2e: system-deps venv
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: venv
