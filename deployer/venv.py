@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from deployer.errors import BadInput, OperationFailed
+from deployer.errors import BadInput
 from deployer.proc import clean_env, run
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Callable
 
-from deployer import envfile, git, releases, venv
+from deployer import envfile, releases, venv
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha

@@ -415,7 +415,7 @@ class Container:
         argv = self.argv(script, shell)
         started = time.monotonic()
         try:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True, errors="replace", timeout=timeout,
                                   stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
             raise CommandFailed(f"timed out after {timeout:.0f}s: {script}\n{exc.stdout or ''}{exc.stderr or ''}")

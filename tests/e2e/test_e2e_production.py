@@ -197,6 +197,43 @@ def test_service_user_cannot_write_into_a_release(server):
     assert db_mount.split()[5].split(",")[0] == "rw", db_mount
 
 
+PNG_1X1 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def test_the_service_writes_the_database_and_uploads_through_its_sandbox(server):
+    """An editor logs in (a session row written by the service) and uploads an image (a file
+    written by the service into shared/media), which nginx then serves from /media/."""
+    c = server.c
+    # The guide's "first administrator" step, non-interactively.
+    server.as_deploy(
+        "cd ~/current/app && set -a && . /etc/skinmenu/skinmenu.env && set +a && "
+        "DJANGO_SUPERUSER_PASSWORD=e2e-Secret-123 exec ~/current/venv/bin/python manage.py createsuperuser "
+        "--noinput --username editor --email editor@skinmenu.invalid --settings=config.settings.production"
+    )
+    base = f"https://{DOMAIN}"
+    curl = (f"curl -sS --max-time 60 --resolve {DOMAIN}:443:127.0.0.1 --cacert {CA_IN_CONTAINER} "
+            "-b /run/e2e.jar -c /run/e2e.jar")
+    c.run(f"rm -f /run/e2e.jar && {curl} -o /dev/null {base}/admin/login/")
+    token = "$(awk '$6 == \"csrftoken\" {print $7}' /run/e2e.jar)"
+    login = c.run(
+        f"{curl} -o /dev/null -w '%{{http_code}} %{{redirect_url}}' -H 'Referer: {base}/admin/login/' "
+        f"--data-urlencode csrfmiddlewaretoken={token} --data-urlencode username=editor "
+        f"--data-urlencode password=e2e-Secret-123 {base}/admin/login/"
+    ).stdout.split()
+    assert login == ["302", f"{base}/admin/"], login
+    c.write("/run/e2e-upload.png", __import__("base64").b64decode(PNG_1X1), mode="0644")
+    upload = c.run(
+        f"{curl} -o /dev/null -w '%{{http_code}} %{{redirect_url}}' -H 'Referer: {base}/admin/images/add/' "
+        f"-F csrfmiddlewaretoken={token} -F title=e2e-pixel -F file=@/run/e2e-upload.png {base}/admin/images/add/"
+    ).stdout.split()
+    assert upload[0] == "302", upload
+    stored = c.run("find /home/deploy/shared/media/original_images -name 'e2e-upload*.png' -printf '%u %p\\n'").stdout.split()
+    assert stored and stored[0] == "skinmenu", stored
+    path = stored[1].removeprefix("/home/deploy/shared")
+    image = c.run(f"{curl} -o /dev/null -w '%{{http_code}} %{{content_type}}' {base}{path}").stdout.split()
+    assert image == ["200", "image/png"], image
+
+
 # --- a second deploy: visible change, new static file, new migration, under load --------------------
 
 def _migration_commit(server) -> str:

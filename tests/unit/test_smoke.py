@@ -9,7 +9,6 @@ import shutil
 import ssl
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
