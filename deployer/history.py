@@ -27,7 +27,7 @@ def append(paths: Paths, action: str, from_sha: str | None, to_sha: str, result:
         "from": from_sha,
         "to": to_sha,
         "result": result,
-        **extra,
+        **{key: value for key, value in extra.items() if value is not None},
     }
     paths.state.mkdir(parents=True, exist_ok=True)
     fd = os.open(paths.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -31,7 +31,7 @@ def rollback(config: Config, paths: Paths, to: str | None, migrate: bool, force:
         meta = releases.require_complete(paths, target, config.shared_dirs)
     with progress.step("check migrations"):
         backup = _reconcile_migrations(config, paths, progress, live, target, meta, migrate, force)
-    go_live(config, paths, progress, target, live, "rollback", started, **({"backup": backup} if backup else {}))
+    go_live(config, paths, progress, target, live, "rollback", started, backup=backup)
     return target
 
 
