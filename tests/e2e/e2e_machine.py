@@ -45,7 +45,7 @@ CA_IN_CONTAINER = "/usr/local/share/ca-certificates/skinmenu-e2e-ca.crt"
 DEV_CHECKOUT = "/home/deploy/dev/skinmenu"  # the developer's clone ("the workstation")
 
 # Measured figures and the did-not-run reason, printed in the terminal summary by conftest.py.
-REPORT: dict = {"not_run": None, "figures": [], "started": None}
+REPORT: dict = {"not_run": None, "figures": [], "seconds": 0.0}
 
 
 def figure(line: str) -> None:
