@@ -83,7 +83,9 @@ def test_server_is_set_up_by_the_guide(server):
     assert c.run("stat -c '%U:%G %a' /run/skinmenu/skinmenu.sock").stdout.split() == ["root:www-data", "660"]
     assert c.run("stat -c '%U:%G %a' /home/deploy").stdout.split() == ["deploy:deploy", "711"]
     assert c.run("stat -c '%U:%G %a' /etc/skinmenu/skinmenu.env").stdout.split() == ["root:deploy", "640"]
-    c.run("nginx -t")
+    nginx_t = c.run("nginx -t")
+    figure(f"nginx -t ({c.run('nginx -v').output.strip()}): "
+           + " / ".join(line.split("nginx: ", 1)[-1] for line in nginx_t.stderr.strip().splitlines()))
     # The installed files are the repository's, byte for byte.
     for installed, source in [
         ("/etc/systemd/system/skinmenu.service", "systemd/skinmenu.service"),
