@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 the operation failed (the live site was left as it was 
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sys
@@ -24,7 +25,7 @@ from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
 from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
-from deployer.errors import DeployError
+from deployer.errors import DeployError, OperationFailed
 from deployer.lock import deploy_lock
 from deployer.paths import Paths
 
@@ -66,9 +67,21 @@ class DeployerGroup(click.Group):
         except OSError as exc:
             if _debug(ctx):
                 traceback.print_exc()
-            where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"deployer: error: {exc.strerror or exc}{where}", err=True)
+            _report(OperationFailed(_describe_os_error(exc), hint=_OS_ERROR_HINTS.get(exc.errno, "")))
             ctx.exit(1)
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free disk space (`deployer prune` removes old releases); the live release was not switched",
+    errno.EDQUOT: "free disk space (`deployer prune` removes old releases); the live release was not switched",
+    errno.EACCES: "check the owners and modes of deploy_to (docs/server-guide.md)",
+    errno.EPERM: "check the owners and modes of deploy_to (docs/server-guide.md)",
+}
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _debug(ctx: click.Context) -> bool:
