@@ -30,9 +30,12 @@ def collect(config: Config, paths: Paths) -> dict:
     except DeployError as exc:
         state = f"unknown ({exc.message})"
     site = health(config)
+    entries = history.read(paths)
     return {
         "current": live,
-        "previous": history.rollback_target(history.read(paths), live),
+        # False after a run was killed between switching `current` and recording it.
+        "activation_finished": live is None or history.last_live(entries) == live,
+        "previous": history.rollback_target(entries, live),
         "lock": lock.read_holder(paths),
         "service": state,
         "health": {**site, "serves_current": bool(live) and site.get("release") == live},
@@ -53,7 +56,9 @@ def main(config: Config, paths: Paths, as_json: bool) -> int:
             healthy = f"{verdict} (/healthz reports {served})"
         else:
             healthy = f"FAILING ({site.get('error') or 'HTTP ' + str(site.get('http_status'))})"
-        print(f"current:  {data['current'] or '(none)'}")
+        unfinished = "" if data["activation_finished"] else (
+            f"  (its activation never finished: run `deployer activate {data['current'][:12]}`)")
+        print(f"current:  {data['current'] or '(none)'}{unfinished}")
         print(f"previous: {data['previous'] or '(none)'}")
         print(f"lock:     {holder}")
         print(f"service:  {data['service']}")

@@ -157,3 +157,24 @@ def test_kill_9_during_activate_leaves_current_on_a_complete_release(deployment,
     # The lock died with the process: the operator can go on at once.
     deployment.ok("activate", second)
     assert deployment.healthz()["release"] == second
+
+
+def test_an_activation_killed_after_the_switch_is_finished_by_the_next_activate(deployment, source_repo):
+    from deployer import switch
+    from deployer.paths import Paths
+
+    deployment.ok("deploy", "base")
+    second = deployment.release("second")
+    switch.point_current_at(Paths(deployment.deploy_to), second)  # where a kill -9 would leave it
+
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    assert status["current"] == second
+    assert status["activation_finished"] is False
+    assert "never finished" in deployment.ok("status").stdout
+
+    result = deployment.ok("activate", second)
+
+    assert "never finished; finishing it" in result.stderr
+    assert deployment.healthz()["release"] == second
+    assert deployment.history()[-1]["to"] == second
+    assert json.loads(deployment.ok("status", "--json").stdout)["activation_finished"] is True
