@@ -88,9 +88,15 @@ def _debug(ctx: click.Context) -> bool:
     return bool(ctx.obj and ctx.obj.debug) or os.environ.get("DEPLOYER_DEBUG") == "1"
 
 
-def _locked(ctx: click.Context, paths: Paths, wait: float):
-    command = "deployer " + shlex.join(sys.argv[1:])
-    return deploy_lock(paths, command, wait)
+def _locked(paths: Paths, wait: float):
+    return deploy_lock(paths, "deployer " + shlex.join(sys.argv[1:]), wait)
+
+
+def _run_locked(session: Session, wait: float, command_main, *args) -> None:
+    """Load the config, take the deploy lock, run the command."""
+    config, paths = session.load()
+    with _locked(paths, wait):
+        command_main(config, paths, *args)
 
 
 wait_option = click.option(
@@ -120,9 +126,7 @@ def main(ctx: click.Context, config_file: str | None, debug: bool) -> None:
 @click.pass_obj
 def release(session: Session, commit: str, rebuild: bool, wait: float) -> None:
     """Build COMMIT (branch, tag or sha) into releases/<sha>. Prints the sha."""
-    config, paths = session.load()
-    with _locked(click.get_current_context(), paths, wait):
-        release_cmd.main(config, paths, commit, rebuild)
+    _run_locked(session, wait, release_cmd.main, commit, rebuild)
 
 
 @main.command()
@@ -131,9 +135,7 @@ def release(session: Session, commit: str, rebuild: bool, wait: float) -> None:
 @click.pass_obj
 def activate(session: Session, sha: str, wait: float) -> None:
     """Make a built release live: migrate, switch, restart, smoke test (or switch back)."""
-    config, paths = session.load()
-    with _locked(click.get_current_context(), paths, wait):
-        activate_cmd.main(config, paths, sha)
+    _run_locked(session, wait, activate_cmd.main, sha)
 
 
 @main.command()
@@ -142,9 +144,7 @@ def activate(session: Session, sha: str, wait: float) -> None:
 @click.pass_obj
 def deploy(session: Session, commit: str, wait: float) -> None:
     """Release COMMIT, then activate it."""
-    config, paths = session.load()
-    with _locked(click.get_current_context(), paths, wait):
-        deploy_cmd.main(config, paths, commit)
+    _run_locked(session, wait, deploy_cmd.main, commit)
 
 
 @main.command()
@@ -157,9 +157,7 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
     """Make the previously live release live again (from history)."""
     if migrate and force:
         raise click.UsageError("--migrate and --force exclude each other")
-    config, paths = session.load()
-    with _locked(click.get_current_context(), paths, wait):
-        rollback_cmd.main(config, paths, to, migrate, force)
+    _run_locked(session, wait, rollback_cmd.main, to, migrate, force)
 
 
 @main.command()
@@ -170,7 +168,7 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
 def prune(session: Session, keep: int | None, dry_run: bool, wait: float) -> None:
     """Delete old releases; never current, the rollback target or one in use."""
     config, paths = session.load()
-    lock = nullcontext() if dry_run else _locked(click.get_current_context(), paths, wait)
+    lock = nullcontext() if dry_run else _locked(paths, wait)
     with lock:
         prune_cmd.main(config, paths, config.keep_releases if keep is None else keep, dry_run)
 
