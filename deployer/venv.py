@@ -88,9 +88,12 @@ def build(
         how = "reused"
     else:
         run([uv, "venv", "--quiet", "--relocatable", "--python", str(python), str(venv)], env=env, what="uv venv")
+    # A reused venv already has its bytecode (hardlinked with it); compiling again would only
+    # re-check every module. The lock is byte-identical, so the sync only verifies.
+    compile_flag = [] if how == "reused" else ["--compile-bytecode"]
     run(
         [
-            uv, "pip", "sync", "--quiet", "--require-hashes", "--compile-bytecode",
+            uv, "pip", "sync", "--quiet", "--require-hashes", *compile_flag,
             "--link-mode", "hardlink", "--python", str(venv / "bin" / "python"),
             *install_flags, str(requirements),
         ],
