@@ -39,7 +39,16 @@ def _python(config: Config, paths: Paths) -> str:
 
 
 def _uv(config: Config, paths: Paths) -> str:
-    return run([venv.uv_binary(), "--version"], what="uv --version").strip()
+    version = run([venv.uv_binary(), "--version"], what="uv --version").strip()
+    cache = config.install.cache_dir or paths.uv_cache
+    probe_cache = next((p for p in [cache, *cache.parents] if p.exists()), None)
+    probe_root = next((p for p in [paths.releases, *paths.releases.parents] if p.exists()), None)
+    if probe_cache and probe_root and os.stat(probe_cache).st_dev != os.stat(probe_root).st_dev:
+        raise OperationFailed(
+            f"the uv cache {cache} is on another filesystem than {paths.releases}: installs would copy, not hardlink",
+            hint="leave install.cache_dir unset, or point it inside deploy_to's filesystem",
+        )
+    return f"{version}; cache {cache} on the releases' filesystem"
 
 
 def _repo(config: Config, paths: Paths) -> str:
