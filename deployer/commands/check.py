@@ -108,7 +108,7 @@ def main(config: Config, paths: Paths) -> int:
             print(f"{'ok':6}{name}: {detail}")
         except DeployError as exc:
             failed += 1
-            why = f": {exc.details.strip().splitlines()[-1]}" if exc.details.strip() else ""
+            why = f": {exc.details.strip().splitlines()[0]}" if exc.details.strip() else ""
             print(f"{'FAIL':6}{name}: {exc.message}{why}" + (f" ({exc.hint})" if exc.hint else ""))
     if failed:
         print(f"deployer: check found {failed} problem(s)", file=sys.stderr)
