@@ -78,10 +78,13 @@ def go_live(
         with progress.step("smoke test"):
             smoke.run(config.smoke, sha, paths.release(sha))
     except DeployError as failure:
-        _switch_back(config, paths, sha, previous, action, failure, started, extra)
+        _switch_back(config, paths, sha, previous, action, failure, started, {"steps": dict(progress.durations), **extra})
         raise
     with progress.step("record history"):
-        history.append(paths, action, previous, sha, history.OK, seconds=round(time.monotonic() - started, 2), **extra)
+        history.append(
+            paths, action, previous, sha, history.OK,
+            seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations), **extra,
+        )
     say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
 
 

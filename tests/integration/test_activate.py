@@ -23,7 +23,8 @@ def test_deploy_makes_the_commit_live_and_healthz_reports_it(deployment, source_
     entry = deployment.history()[-1]
     assert (entry["action"], entry["from"], entry["to"], entry["result"]) == (
         "deploy", source_repo.sha("base"), visible, "ok")
-    assert {"time", "user", "host", "seconds"} <= set(entry)
+    assert {"time", "user", "host", "seconds", "steps"} <= set(entry)
+    assert {"migrate", "restart service", "smoke test"} <= set(entry["steps"])
 
 
 def test_activate_backs_up_and_migrates_only_when_migrations_are_pending(deployment, source_repo):
