@@ -23,7 +23,6 @@ def run(
     env: dict[str, str] | None = None,
     what: str | None = None,
     timeout: float | None = None,
-    stdin_data: str | None = None,
 ) -> str:
     """Run argv, return its stdout; on failure raise OperationFailed with the output's tail."""
     label = what or shlex.join(argv[:3])
@@ -32,9 +31,9 @@ def run(
             argv,
             cwd=cwd,
             env=env,
-            input=stdin_data,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if stdin_data is None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=timeout,
         )
@@ -43,8 +42,7 @@ def run(
     except subprocess.TimeoutExpired:
         raise OperationFailed(f"{label}: timed out after {timeout:.0f}s")
     if proc.returncode != 0:
-        output = proc.stdout + (proc.stderr or "")
-        raise OperationFailed(f"{label} exited with status {proc.returncode}", details=tail(output))
+        raise OperationFailed(f"{label} exited with status {proc.returncode}", details=tail(proc.stdout))
     return proc.stdout
 
 
