@@ -99,15 +99,15 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise BadInput(f"config file {path} not found", hint="pass --config FILE or set DEPLOYER_CONFIG")
+        raise BadInput(f"config file {path} not found", hint="pass --config FILE or set DEPLOYER_CONFIG") from None
     except OSError as exc:
-        raise BadInput(f"cannot read config file {path}: {exc.strerror}")
+        raise BadInput(f"cannot read config file {path}: {exc.strerror}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
+        raise BadInput(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     data = _validate(raw, _TOP, path, prefix="")
     return _build(data, path)
 

@@ -35,9 +35,9 @@ def load(path: Path, required: tuple[str, ...]) -> dict[str, str]:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise BadInput(f"env file {path} does not exist", hint="create it (mode 0640 root:deploy) with the required variables")
+        raise BadInput(f"env file {path} does not exist", hint="create it (mode 0640 root:deploy) with the required variables") from None
     except PermissionError:
-        raise BadInput(f"env file {path} is not readable by this user")
+        raise BadInput(f"env file {path} is not readable by this user") from None
     if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
         raise BadInput(
             f"env file {path} is readable or writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
@@ -46,11 +46,11 @@ def load(path: Path, required: tuple[str, ...]) -> dict[str, str]:
     try:
         text = path.read_text()
     except PermissionError:
-        raise BadInput(f"env file {path} is not readable by this user")
+        raise BadInput(f"env file {path} is not readable by this user") from None
     try:
         values = parse(text)
     except BadInput as exc:
-        raise BadInput(f"{path}: {exc.message}")
+        raise BadInput(f"{path}: {exc.message}") from None
     missing = [name for name in required if not values.get(name)]
     if missing:
         raise BadInput(f"env file {path} is missing required variable(s): {', '.join(missing)}")

@@ -65,7 +65,7 @@ def _acquire(fd: int, paths: Paths, wait: float) -> None:
                 raise LockHeld(
                     f"another deploy holds the lock: {describe_holder(holder)}",
                     hint="wait for it to finish, or pass --wait SECONDS",
-                )
+                ) from None
             if not announced:
                 print(f"waiting for the deploy lock held by {describe_holder(holder)}", file=sys.stderr)
                 announced = True

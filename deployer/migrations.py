@@ -32,7 +32,7 @@ def applied(db: Path) -> set[Migration]:
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return set()
-        raise OperationFailed(f"cannot read migrations from {db}: {exc}")
+        raise OperationFailed(f"cannot read migrations from {db}: {exc}") from None
     return {(app, name) for app, name in rows}
 
 
@@ -72,6 +72,6 @@ def backup(db: Path, backups: Path, label: str) -> Path | None:
             src.close()
     except sqlite3.Error as exc:
         target.unlink(missing_ok=True)
-        raise OperationFailed(f"backup of {db} failed: {exc}")
+        raise OperationFailed(f"backup of {db} failed: {exc}") from None
     target.chmod(0o600)
     return target

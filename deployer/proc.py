@@ -38,9 +38,9 @@ def run(
             timeout=timeout,
         )
     except FileNotFoundError:
-        raise OperationFailed(f"{label}: command not found: {argv[0]}")
+        raise OperationFailed(f"{label}: command not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
-        raise OperationFailed(f"{label}: timed out after {timeout:.0f}s")
+        raise OperationFailed(f"{label}: timed out after {timeout:.0f}s") from None
     if proc.returncode != 0:
         raise OperationFailed(f"{label} exited with status {proc.returncode}", details=tail(proc.stdout))
     return proc.stdout

@@ -22,5 +22,5 @@ def state(config: Config) -> str:
     try:
         proc = subprocess.run(split_command(config.service.is_active), capture_output=True, timeout=30, env=clean_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise OperationFailed(f"service is_active command failed to run: {exc}")
+        raise OperationFailed(f"service is_active command failed to run: {exc}") from None
     return "active" if proc.returncode == 0 else "inactive"

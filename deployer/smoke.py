@@ -81,7 +81,7 @@ def check_once(smoke: SmokeConfig, conn, sha: str, static: tuple[str, Path] | No
     try:
         served = json.loads(resp.data).get("release")
     except (ValueError, AttributeError):
-        raise OperationFailed("GET /healthz did not answer JSON")
+        raise OperationFailed("GET /healthz did not answer JSON") from None
     if served != sha:
         raise OperationFailed(f"/healthz reports release {str(served)[:12]}, expected {sha[:12]}")
     if static:

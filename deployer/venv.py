@@ -58,7 +58,7 @@ def uv_binary() -> str:
     except (ImportError, FileNotFoundError):
         found = shutil.which("uv")
         if not found:
-            raise BadInput("uv is not installed", hint="pip install uv (it comes with the deployer's dependencies)")
+            raise BadInput("uv is not installed", hint="pip install uv (it comes with the deployer's dependencies)") from None
         return found
 
 
