@@ -16,6 +16,9 @@ def point_current_at(paths: Paths, sha: str) -> None:
     if current.exists() and not current.is_symlink():
         raise OperationFailed(f"{current} exists and is not a symlink; refusing to replace it", hint="move it away by hand")
     target = os.path.join("releases", paths.release(sha).name)
+    for stale in paths.root.glob(".current-*"):  # left by a run killed mid-switch
+        if stale.is_symlink():
+            stale.unlink()
     tmp = paths.root / f".current-{secrets.token_hex(4)}"
     os.symlink(target, tmp)
     try:

@@ -96,6 +96,14 @@ def test_switch_replaces_current_with_a_relative_symlink_in_one_rename(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".current")] == []
 
 
+def test_switch_removes_a_temp_link_left_by_a_run_killed_mid_switch(tmp_path):
+    paths = Paths(tmp_path)
+    make_release(paths, A)
+    os.symlink(f"releases/{B}", tmp_path / ".current-deadbeef")
+    switch.point_current_at(paths, A)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "releases"]
+
+
 def test_switch_refuses_a_current_that_is_a_real_directory(tmp_path):
     paths = Paths(tmp_path)
     make_release(paths, A)
