@@ -188,7 +188,7 @@ def list_(session: Session, as_json: bool) -> None:
 def status(session: Session, as_json: bool) -> None:
     """Current and previous release, lock holder, service state, site health."""
     config, paths = session.load()
-    sys.exit(status_cmd.main(config, paths, as_json))
+    status_cmd.main(config, paths, as_json)
 
 
 @main.command()

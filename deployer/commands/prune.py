@@ -35,12 +35,13 @@ def select(
 ) -> list[str]:
     """The releases to delete: all but the `keep` newest good builds and the protected ones.
     Releases that failed their smoke test do not take one of the `keep` places."""
-    good = [sha for sha in releases.by_build_time(built) if sha not in failed]
+    newest_first = releases.by_build_time(built)
+    good = [sha for sha in newest_first if sha not in failed]
     kept = set(good[:keep]) | protected
-    return [sha for sha in releases.by_build_time(built) if sha not in kept]
+    return [sha for sha in newest_first if sha not in kept]
 
 
-def prune(config: Config, paths: Paths, keep: int, dry_run: bool) -> dict:
+def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
     if keep < 1:
         raise BadInput(f"--keep must be at least 1, got {keep}")
     entries = history.read(paths)
@@ -65,17 +66,14 @@ def prune(config: Config, paths: Paths, keep: int, dry_run: bool) -> dict:
             remove_tree(target)
     summary = f"{'would free' if dry_run else 'freed'} {_human(freed)} ({len(doomed)} release(s), {len(stale)} temp dir(s))"
     print(summary, file=sys.stdout)
-    return {"removed": doomed, "temp_dirs": [t.name for t in stale], "bytes_freed": freed, "dry_run": dry_run}
 
 
 def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+    if n < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
         size /= 1024
-    return f"{n} B"
-
-
-def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
-    prune(config, paths, keep, dry_run)
+    return f"{size:.1f} GiB"

@@ -42,7 +42,7 @@ def collect(config: Config, paths: Paths) -> dict:
     }
 
 
-def main(config: Config, paths: Paths, as_json: bool) -> int:
+def main(config: Config, paths: Paths, as_json: bool) -> None:
     data = collect(config, paths)
     if as_json:
         json.dump(data, sys.stdout, indent=2)
@@ -63,4 +63,3 @@ def main(config: Config, paths: Paths, as_json: bool) -> int:
         print(f"lock:     {holder}")
         print(f"service:  {data['service']}")
         print(f"health:   {healthy}")
-    return 0
