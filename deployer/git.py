@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from deployer.errors import BadInput, OperationFailed, shown
 from deployer.paths import SHA_RE, Paths
@@ -21,16 +22,47 @@ def validate_ref(ref: str) -> str:
     return ref
 
 
+def redacted(repo: str) -> str:
+    """A repo URL as it may be shown: the credentials in https://user:token@host/... (or a bare
+    token in the user part) become ***. ssh-style user names (git@host:...) are not secrets."""
+    secret = _credentials(repo)
+    return repo.replace(secret, "***") if secret else repo
+
+
+def _credentials(repo: str) -> str | None:
+    parts = urlsplit(repo) if "://" in repo else None
+    if not parts or not parts.netloc or "@" not in parts.netloc:
+        return None
+    userinfo = parts.netloc.rpartition("@")[0]
+    if parts.scheme in ("ssh", "git+ssh", "ssh+git"):
+        user, sep, password = userinfo.partition(":")
+        return password if sep and password else None
+    return userinfo
+
+
+def run_git(argv: list[str], repo: str, what: str, timeout: float | None = None) -> str:
+    """run(), with the repo's credentials masked in whatever a failure reports."""
+    try:
+        return run(argv, what=what, timeout=timeout)
+    except OperationFailed as exc:
+        secret = _credentials(repo)
+        if secret:
+            exc.message = exc.message.replace(secret, "***")
+            exc.details = exc.details.replace(secret, "***")
+            exc.args = (exc.message,)
+        raise
+
+
 def sync_mirror(paths: Paths, repo: str) -> None:
     """`git clone --mirror` the first time, `git fetch --prune` after."""
     if (paths.repo / "HEAD").exists():
-        run(["git", "-C", str(paths.repo), "remote", "set-url", "origin", "--", repo], what="git remote set-url")
-        run(["git", "-C", str(paths.repo), "fetch", "--prune", "--quiet", "--", "origin"], what="git fetch")
+        run_git(["git", "-C", str(paths.repo), "remote", "set-url", "origin", "--", repo], repo, "git remote set-url")
+        run_git(["git", "-C", str(paths.repo), "fetch", "--prune", "--quiet", "--", "origin"], repo, "git fetch")
         return
     tmp = paths.repo.with_name("repo.tmp")
     if tmp.exists():
         run(["rm", "-rf", "--", str(tmp)])
-    run(["git", "clone", "--mirror", "--quiet", "--", repo, str(tmp)], what="git clone --mirror")
+    run_git(["git", "clone", "--mirror", "--quiet", "--", repo, str(tmp)], repo, "git clone --mirror")
     tmp.rename(paths.repo)
 
 

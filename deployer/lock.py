@@ -1,4 +1,4 @@
-"""The deploy lock: flock(2) on state/deploy.lock (issue 3 §7).
+"""The deploy lock: flock(2) on state/deploy.lock (docs/design.md §3).
 
 The kernel drops a flock when its holder dies, so a `kill -9` never leaves a stale lock; the
 holder's description written into the file is only information for the next caller.
@@ -15,6 +15,7 @@ import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 from deployer.errors import LockHeld
@@ -30,8 +31,8 @@ def describe_holder(holder: dict) -> str:
 
 @contextmanager
 def deploy_lock(paths: Paths, command: str, wait: float = 0) -> Iterator[None]:
-    paths.state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    paths.ensure_state()
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _acquire(fd, paths, wait)
         holder = {
@@ -60,7 +61,7 @@ def _acquire(fd: int, paths: Paths, wait: float) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            holder = read_holder(paths) or {}
+            holder = read_holder(paths) or {"pid": "?"}
             if time.monotonic() >= deadline:
                 raise LockHeld(
                     f"another deploy holds the lock: {describe_holder(holder)}",
@@ -73,21 +74,46 @@ def _acquire(fd: int, paths: Paths, wait: float) -> None:
 
 
 def read_holder(paths: Paths) -> dict | None:
-    """The current holder, or None when nobody holds the lock (a stale file content is ignored)."""
+    """The current holder, or None when nobody holds the lock. Probes without locking: a probe
+    that took the lock, even shared and for a moment, would make a real deploy exit 3."""
     try:
-        fd = os.open(paths.lock_file, os.O_RDONLY)
-    except FileNotFoundError:
+        st = os.stat(paths.lock_file)
+        raw = paths.lock_file.read_bytes()[:4096]
+    except OSError:
         return None
+    lockers = _flock_holders(st)
+    if lockers is not None and not lockers:
+        return None  # the file may still describe a holder that was killed: stale
     try:
+        holder = json.loads(raw.decode("utf-8", errors="replace")) if raw.strip() else None
+    except ValueError:
+        holder = None
+    if not isinstance(holder, dict):
+        if lockers is None:
+            return None  # no /proc/locks and no description: nobody we can name
+        # Taken a moment ago, its description not written yet.
+        holder = {"pid": lockers[0]}
+    return holder
+
+
+def _flock_holders(st: os.stat_result) -> list[int] | None:
+    """Pids holding a flock on the file, from /proc/locks; None where that cannot be read
+    (then a written description alone says the lock is held)."""
+    wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    pids = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2146714 0 EOF"; waiters are "1: -> FLOCK ..."
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raw = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-            try:
-                return json.loads(raw) if raw else {"pid": "?"}
-            except json.JSONDecodeError:
-                return {"pid": "?"}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == wanted:
+                pids.append(int(fields[4]))
+        except ValueError:
+            continue
+    return pids

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,12 +21,32 @@ def database_path(meta: dict) -> Path | None:
     return Path(db["name"])
 
 
+def exists(db: Path) -> bool:
+    """Whether the database file exists; refuses anything but a regular file. shared/db is
+    writable by the service user, who must not be able to point the deploy user's backup and
+    migrate at another file through a symlink."""
+    try:
+        st = os.lstat(db)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise OperationFailed(
+            f"the database {db} is not a regular file (a symlink or something else); refusing to open it",
+            hint="inspect shared/db: only the SQLite file and its -wal/-shm files belong there",
+        )
+    return True
+
+
+def _read_only_uri(db: Path) -> str:
+    return f"{db.as_uri()}?mode=ro"
+
+
 def applied(db: Path) -> set[Migration]:
     """Migrations recorded in django_migrations; empty when the database does not exist yet."""
-    if not db.exists():
+    if not exists(db):
         return set()
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        conn = sqlite3.connect(_read_only_uri(db), uri=True, timeout=10)
         try:
             rows = conn.execute("SELECT app, name FROM django_migrations").fetchall()
         finally:
@@ -33,7 +55,9 @@ def applied(db: Path) -> set[Migration]:
         if "no such table" in str(exc):
             return set()
         raise OperationFailed(f"cannot read migrations from {db}: {exc}") from None
-    return {(app, name) for app, name in rows}
+    except sqlite3.DatabaseError as exc:
+        raise OperationFailed(f"cannot read migrations from {db}: {exc}", hint="restore it from state/backups/") from None
+    return {(str(app), str(name)) for app, name in rows}
 
 
 def pending(meta: dict, done: set[Migration]) -> list[Migration]:
@@ -56,14 +80,15 @@ def unapply_targets(meta: dict, ahead: list[Migration]) -> list[tuple[str, str]]
 
 
 def backup(db: Path, backups: Path, label: str) -> Path | None:
-    """Copy the live database with SQLite's online backup API (safe while the site writes)."""
-    if not db.exists():
+    """Copy the live database with SQLite's online backup API (safe while the site writes).
+    The copy is created 0600 before a byte is written into it."""
+    if not exists(db):
         return None
-    backups.mkdir(parents=True, exist_ok=True)
+    backups.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = backups / f"{db.stem}-{stamp}-{label}.sqlite3"
+    target = _create_private(backups, f"{db.stem}-{stamp}-{label}")
     try:
-        src = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        src = sqlite3.connect(_read_only_uri(db), uri=True, timeout=30)
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)
@@ -73,5 +98,15 @@ def backup(db: Path, backups: Path, label: str) -> Path | None:
     except sqlite3.Error as exc:
         target.unlink(missing_ok=True)
         raise OperationFailed(f"backup of {db} failed: {exc}") from None
-    target.chmod(0o600)
     return target
+
+
+def _create_private(directory: Path, stem: str) -> Path:
+    for attempt in range(1, 100):
+        target = directory / (f"{stem}.sqlite3" if attempt == 1 else f"{stem}-{attempt}.sqlite3")
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            return target
+        except FileExistsError:
+            continue
+    raise OperationFailed(f"cannot find a free backup name for {stem} in {directory}")

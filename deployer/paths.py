@@ -64,20 +64,31 @@ class Paths:
         return self.releases / f"{TMP_PREFIX}{sha}-{secrets.token_hex(4)}"
 
     def ensure_dirs(self) -> None:
-        for path in (self.releases, self.shared, self.state, self.backups):
+        for path in (self.releases, self.shared):
             path.mkdir(parents=True, exist_ok=True)
+        self.ensure_state()
+
+    def ensure_state(self) -> None:
+        """state/ and state/backups/ hold the lock, history and database copies: 0700 from
+        the moment they exist, never created wider and tightened later."""
+        for path in (self.state, self.backups):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def current_sha(paths: Paths) -> str | None:
-    """The sha `current` points at, or None when there is no live release."""
+    """The sha of the release `current` points at, or None when it points at no release: no
+    link, not a symlink (switch refuses to touch it), a target outside releases/, or a release
+    directory that is gone. Nothing is ever rolled back "from" a release that is not there."""
     try:
         target = os.readlink(paths.current)
-    except FileNotFoundError:
-        return None
     except OSError:
-        return None  # not a symlink: switch refuses to touch it
+        return None
     name = Path(target).name
-    return name if SHA_RE.fullmatch(name) else None
+    if not SHA_RE.fullmatch(name):
+        return None
+    if os.path.normpath(os.path.join(paths.root, target)) != str(paths.releases / name):
+        return None
+    return name if (paths.releases / name).is_dir() else None
 
 
 def fsync_dir(path: Path) -> None:
@@ -90,6 +101,32 @@ def fsync_dir(path: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
+
+
+def discard(paths: Paths, release: Path) -> None:
+    """Delete a release so that no kill can leave half of it under its own name: one
+    rename(2) to a temp name first (the next run's clean-up finishes a killed delete)."""
+    doomed = paths.releases / f"{TMP_PREFIX}discard-{release.name}-{secrets.token_hex(4)}"
+    os.rename(release, doomed)
+    fsync_dir(paths.releases)
+    shutil.rmtree(doomed)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every dirty page of the filesystem holding `path` (syncfs(2)), so RELEASE.json is
+    never on disk before the files it vouches for. Falls back to sync(2)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc().syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def stale_tmp_dirs(paths: Paths) -> list[Path]:

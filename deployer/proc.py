@@ -27,7 +27,7 @@ def run(
     """Run argv, return its stdout; on failure raise OperationFailed with the output's tail."""
     label = what or shlex.join(argv[:3])
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
             cwd=cwd,
             env=env,
@@ -35,15 +35,37 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            timeout=timeout,
+            errors="replace",
         )
     except FileNotFoundError:
         raise OperationFailed(f"{label}: command not found: {argv[0]}") from None
+    except OSError as exc:  # no execute bit, a directory, a bad interpreter line...
+        raise OperationFailed(f"{label}: cannot run {argv[0]}: {exc.strerror or exc}") from None
+    try:
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _give_up_on(proc)
         raise OperationFailed(f"{label}: timed out after {timeout:.0f}s") from None
+    except BaseException:
+        _give_up_on(proc)
+        raise
     if proc.returncode != 0:
-        raise OperationFailed(f"{label} exited with status {proc.returncode}", details=tail(proc.stdout))
-    return proc.stdout
+        raise OperationFailed(f"{label} exited with status {proc.returncode}", details=tail(output))
+    return output
+
+
+def _give_up_on(proc: subprocess.Popen) -> None:
+    """Kill a child we stop waiting for. A child that runs as root under sudo cannot be
+    signalled by the deploy user (EPERM): leave it, close our end, and say it timed out."""
+    try:
+        proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        if proc.stdout:
+            proc.stdout.close()
 
 
 def split_command(command: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from deployer.errors import BadInput, OperationFailed, shown
@@ -12,16 +13,43 @@ from deployer.paths import PREFIX_RE, SHA_RE, Paths
 
 METADATA = "RELEASE.json"
 REVISION = "REVISION"
-# Made at build time beside the exported tree; not part of the tree digest.
+# Made at build time beside the exported tree; not part of the tree digest (they have their own).
 BUILD_OUTPUTS = {"venv", "staticfiles", METADATA, REVISION}
 
 
 def read_metadata(release: Path) -> dict | None:
+    """RELEASE.json, or None when it is missing, unreadable or not what a build writes."""
     try:
-        data = json.loads((release / METADATA).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        data = json.loads((release / METADATA).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if _well_formed(data) else None
+
+
+def _well_formed(data: object) -> bool:
+    """The fields the deployer reads have the types a build writes (a corrupted or hand-edited
+    file is an incomplete release, never a traceback)."""
+    if not isinstance(data, dict) or not isinstance(data.get("sha"), str):
+        return False
+    for key in ("built_at", "subject", "requirements_key", "tree_digest"):
+        if key in data and not isinstance(data[key], str):
+            return False
+    if "build_seconds" in data and not isinstance(data["build_seconds"], (int, float, type(None))):
+        return False
+    digests = data.get("digests", {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        return False
+    graph = data.get("migrations", {})
+    if not isinstance(graph, dict):
+        return False
+    for key in ("leaves", "nodes"):
+        nodes = graph.get(key, [])
+        if not isinstance(nodes, list) or not all(
+            isinstance(n, list) and len(n) == 2 and all(isinstance(part, str) for part in n) for n in nodes
+        ):
+            return False
+    database = data.get("database", {})
+    return isinstance(database, dict) and all(isinstance(v, str) for v in database.values())
 
 
 def write_metadata(release: Path, data: dict) -> None:
@@ -33,21 +61,57 @@ def write_metadata(release: Path, data: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def tree_digest(release: Path, skip: set[str]) -> str:
-    """A digest of the exported tree's names, sizes and modes (bytecode caches excluded).
-
-    Cheap enough for every activate, and it catches a release that lost or changed files after
-    it was built."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(release):
-        rel_dir = os.path.relpath(dirpath, release)
+def _walk(top: Path, skip_top: set[str]):
+    """(relative path, lstat) of every file and symlink under top, sorted, bytecode caches and
+    the top-level names in skip_top left out."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        rel_dir = os.path.relpath(dirpath, top)
         if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if d not in BUILD_OUTPUTS and d not in skip]
-            filenames = [f for f in filenames if f not in BUILD_OUTPUTS and f not in skip]
+            dirnames[:] = [d for d in dirnames if d not in skip_top]
+            filenames = [f for f in filenames if f not in skip_top]
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            digest.update(f"{os.path.join(rel_dir, name)}\0{st.st_size}\0{st.st_mode:o}\n".encode())
+            path = os.path.join(dirpath, name)
+            yield path, os.path.join(rel_dir, name), os.lstat(path)
+
+
+def content_digest(top: Path, skip_top: set[str] = frozenset()) -> str:
+    """sha256 over every file's path, mode and bytes (symlinks: their target). A same-size edit
+    changes it. Used for the exported tree and staticfiles/ (small, and served as they are)."""
+    digest = hashlib.sha256()
+    for path, rel, st in _walk(top, skip_top):
+        if stat.S_ISLNK(st.st_mode):
+            body = os.readlink(path).encode()
+        else:
+            with open(path, "rb") as fh:
+                body = hashlib.file_digest(fh, "sha256").digest()
+        digest.update(f"{rel}\0{st.st_mode:o}\0".encode() + body + b"\n")
+    return digest.hexdigest()
+
+
+def shape_digest(top: Path) -> str:
+    """sha256 over every file's path, size and mode. Used for venv/ (tens of thousands of files
+    that uv installed from hashed wheels): a lost or resized file shows, at a tenth of a second."""
+    digest = hashlib.sha256()
+    for _path, rel, st in _walk(top, set()):
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mode:o}\n".encode())
+    return digest.hexdigest()
+
+
+def digests(release: Path, shared_dirs: tuple[str, ...]) -> dict[str, str]:
+    """What RELEASE.json vouches for, recomputed from the release directory."""
+    return {
+        "tree": content_digest(release, BUILD_OUTPUTS | set(shared_dirs)),
+        "staticfiles": content_digest(release / "staticfiles"),
+        "venv": shape_digest(release / "venv"),
+    }
+
+
+def legacy_tree_digest(release: Path, skip: set[str]) -> str:
+    """The names/sizes/modes digest that releases built before content digests carry."""
+    digest = hashlib.sha256()
+    for _path, rel, st in _walk(release, BUILD_OUTPUTS | skip):
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mode:o}\n".encode())
     return digest.hexdigest()
 
 
@@ -55,20 +119,28 @@ def problems(release: Path, shared_dirs: tuple[str, ...] = ()) -> list[str]:
     """Why a release directory is not a complete build (empty list: it is)."""
     meta = read_metadata(release)
     if meta is None:
-        return [f"{METADATA} is missing or unreadable"]
+        return [f"{METADATA} is missing, unreadable or malformed"]
     issues = []
     if meta.get("sha") != release.name:
-        issues.append(f"{METADATA} names sha {meta.get('sha')!r}, not {release.name}")
+        issues.append(f"{METADATA} names sha {shown(str(meta.get('sha')), 44)}, not {release.name}")
     try:
-        if (release / REVISION).read_text().strip() != release.name:
+        if (release / REVISION).read_bytes().strip() != release.name.encode():
             issues.append(f"{REVISION} does not match the directory name")
-    except FileNotFoundError:
+    except OSError:
         issues.append(f"{REVISION} is missing")
     if not (release / "venv" / "bin" / "python").exists():
         issues.append("venv/bin/python is missing")
     if not (release / "staticfiles" / "staticfiles.json").is_file():
         issues.append("staticfiles/staticfiles.json is missing")
-    if meta.get("tree_digest") and tree_digest(release, set(shared_dirs)) != meta["tree_digest"]:
+    if issues:
+        return issues
+    recorded = meta.get("digests")
+    if recorded:
+        actual = digests(release, shared_dirs)
+        changed = [part for part in ("tree", "staticfiles", "venv") if recorded.get(part) != actual[part]]
+        if changed:
+            issues.append(f"its {', '.join(changed)} changed since it was built")
+    elif meta.get("tree_digest") and legacy_tree_digest(release, set(shared_dirs)) != meta["tree_digest"]:
         issues.append("the exported tree changed since it was built")
     return issues
 

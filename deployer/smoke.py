@@ -110,3 +110,15 @@ def run(smoke: SmokeConfig, sha: str, release: Path) -> float:
             raise OperationFailed(f"smoke test of {smoke.url} failed after {smoke.timeout:.0f}s: {reason}")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def health(smoke: SmokeConfig) -> dict:
+    """One GET of /healthz through the configured front door: {"ok", "http_status", "release"}
+    or {"ok": False, "error"}. Never raises for a site that is down."""
+    try:
+        resp = get(smoke, pool(smoke, timeout=5), "/healthz")
+        body = json.loads(resp.data) if resp.status in (200, 503) else {}
+        release = body.get("release") if isinstance(body, dict) else None
+        return {"ok": resp.status == 200, "http_status": resp.status, "release": release}
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

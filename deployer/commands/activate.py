@@ -1,16 +1,19 @@
-"""`deployer activate <sha-or-prefix>`: make a built release live (DESIGN §6)."""
+"""`deployer activate <sha-or-prefix>`: make a built release live (docs/design.md §6)."""
 
 from __future__ import annotations
 
 import time
 
-from deployer import django, envfile, history, migrations, releases, service, smoke, switch
+from deployer import envfile, history, releases, schema, service, smoke, switch
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
 
 STEPS = 6
+
+# How far go_live got: what a failure has to put back.
+SCHEMA, SWITCH, RESTART, RECORD = "schema", "switch", "restart", "record"
 
 
 def activate(config: Config, paths: Paths, sha_or_prefix: str, action: str = "activate") -> str:
@@ -30,33 +33,8 @@ def activate(config: Config, paths: Paths, sha_or_prefix: str, action: str = "ac
         # A run killed between the switch and its history line: finish what it started.
         say(f"current already points at {sha[:12]}, but that activation never finished; finishing it")
         previous = recorded
-    with progress.step("migrate"):
-        backup = migrate_if_pending(config, paths, progress, sha, meta, env_values)
-    go_live(config, paths, progress, sha, previous, action, started, backup=backup)
+    go_live(config, paths, progress, sha, meta, previous, action, started, env_values)
     return sha
-
-
-def migrate_if_pending(
-    config: Config, paths: Paths, progress: Progress, sha: str, meta: dict, env_values: dict
-) -> str | None:
-    """Back up the database and migrate, only when the release has unapplied migrations."""
-    db = migrations.database_path(meta)
-    done = migrations.applied(db) if db else set()
-    todo = migrations.pending(meta, done) if db else ["(not SQLite: migrate decides)"]
-    if not todo:
-        progress.note("no pending migrations")
-        return None
-    # An empty database (a first deploy) has nothing worth a backup.
-    backup = migrations.backup(db, paths.backups, f"before-{sha[:12]}") if db and done else None
-    if backup:
-        progress.note(f"database backed up to {backup}")
-    env = django.environment(config, env_values, PYTHONDONTWRITEBYTECODE="1")
-    try:
-        django.manage(config, paths.release(sha), env, "migrate", "--noinput", what="migrate")
-    except OperationFailed as exc:
-        exc.hint = f"the live release is untouched; the backup is {backup}" if backup else "the live release is untouched"
-        raise
-    return str(backup) if backup else None
 
 
 def go_live(
@@ -64,49 +42,138 @@ def go_live(
     paths: Paths,
     progress: Progress,
     sha: str,
+    meta: dict,
     previous: str | None,
     action: str,
     started: float,
-    **extra,
+    env_values: dict[str, str],
+    *,
+    schema_step: str = "migrate",
+    unapply_with: str | None = None,
+    force: bool = False,
 ) -> None:
-    """Switch, restart, smoke test; on failure switch back to `previous`. Records history."""
-    with progress.step(f"switch current to {sha[:12]}"):
-        switch.point_current_at(paths, sha)
+    """Migrate, switch, restart, smoke test, record. From the first change on, ANY failure
+    (an unexpected exception, Ctrl-C, SIGTERM) puts back what was changed before it is reported:
+    exit 1 always means the live site was left as it was or put back (docs/design.md §3)."""
+    stage = SCHEMA
+    backup = None
     try:
+        with progress.step(schema_step):
+            backup = schema.bring_to(
+                config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
+                label=f"before-{action}-{sha[:12]}", note=progress.note,
+            )
+        stage = SWITCH
+        with progress.step(f"switch current to {sha[:12]}"):
+            switch.point_current_at(paths, sha)
+        stage = RESTART
         with progress.step("restart service"):
             service.restart(config)
         with progress.step("smoke test"):
             smoke.run(config.smoke, sha, paths.release(sha))
-    except DeployError as failure:
-        _switch_back(config, paths, sha, previous, action, failure, started, {"steps": dict(progress.durations), **extra})
-        raise
-    with progress.step("record history"):
-        history.append(
-            paths, action, previous, sha, history.OK,
-            seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations), **extra,
-        )
+        stage = RECORD
+        with progress.step("record history"):
+            history.append(
+                paths, action, previous, sha, history.OK, backup=backup,
+                seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations),
+            )
+    except BaseException as exc:
+        failure = as_failure(exc)
+        if stage == SCHEMA:
+            _put_back_schema(config, paths, sha, previous, failure, env_values)
+        else:
+            # Only a release that did not come up or did not pass its smoke test is failed-smoke;
+            # an interrupt or a failure of the deployer itself marks the attempt `failed`.
+            at_fault = stage == RESTART and isinstance(exc, DeployError)
+            result = history.FAILED_SMOKE if at_fault else history.FAILED
+            _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result,
+                                   {"backup": backup, "seconds": round(time.monotonic() - started, 2),
+                                    "steps": dict(progress.durations), "action": action})
+        if failure is exc:
+            raise
+        raise failure from exc
     say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
 
 
-def _switch_back(config, paths, sha, previous, action, failure, started, extra) -> None:
+def as_failure(exc: BaseException) -> DeployError:
+    """Any exception as the one-line failure it will be reported as."""
+    if isinstance(exc, DeployError):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return OperationFailed("interrupted")
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return OperationFailed(f"{exc.strerror or exc}{where}")
+    return OperationFailed(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _put_back_schema(config, paths, sha, previous, failure, env_values):
+    """A failure before the switch: `current` never moved; undo a partial migration."""
+    schema_note = _restore_schema(config, paths, sha, previous, env_values)
+    live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
+    failure.hint = "; ".join(part for part in (f"the live release is untouched: {live}", schema_note, failure.hint) if part)
+
+
+def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record):
+    """`current` may have moved: relink the previous release, bring the database back to its
+    migrations, restart and smoke-test it, record the attempt. Each part reports the true state
+    even when it fails itself."""
+    try:
+        if previous is None:
+            say(f"    no release was live before {sha[:12]}; removing current")
+            switch.remove_current(paths)
+        else:
+            say(f"    switching back to {previous[:12]}")
+            switch.point_current_at(paths, previous)
+    except BaseException as exc:
+        failure.hint = (f"switching back FAILED ({as_failure(exc).message}): current still points at "
+                        f"{sha[:12]}; run `deployer rollback --to {(previous or sha)[:12]}`")
+        return
+    schema_note = _restore_schema(config, paths, sha, previous, env_values)
     if previous is None:
-        say(f"    no release was live before {sha[:12]}; removing current")
-        switch.remove_current(paths)
-        back = "nothing was live before"
+        back = "nothing was live before, and current is removed"
+    elif stage in (RESTART, RECORD):
+        back = _restart_previous(config, paths, previous)
     else:
-        say(f"    switching back to {previous[:12]}")
-        switch.point_current_at(paths, previous)
-        try:
-            service.restart(config)
-            smoke.run(config.smoke, previous, paths.release(previous))
-            back = f"{previous[:12]} is live again"
-        except DeployError as exc:
-            back = f"{previous[:12]} is back in current but did not pass its smoke test either: {exc.message}"
-    history.append(
-        paths, action, previous, sha, history.FAILED_SMOKE,
-        reason=failure.message, seconds=round(time.monotonic() - started, 2), **extra,
-    )
-    failure.hint = f"{back}; {sha[:12]} is marked failed-smoke"
+        back = f"{previous[:12]} is live again (the service was not restarted)"
+    action = record.pop("action")
+    try:
+        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
+        marked = f"{sha[:12]} is marked {result}"
+    except BaseException as exc:
+        marked = f"recording it in history failed: {as_failure(exc).message}"
+    failure.hint = "; ".join(part for part in (back, schema_note, marked) if part)
+
+
+def _restart_previous(config: Config, paths: Paths, previous: str) -> str:
+    try:
+        service.restart(config)
+        smoke.run(config.smoke, previous, paths.release(previous))
+        return f"{previous[:12]} is live again"
+    except BaseException as exc:
+        return f"{previous[:12]} is back in current but did not pass its smoke test either: {as_failure(exc).message}"
+
+
+def _restore_schema(config, paths, sha, previous, env_values) -> str:
+    """Bring the database back to the previous release's migrations (unapplying with the new
+    release's code what it applied, re-applying what a --migrate rollback unapplied). Returns
+    a note for the failure message, empty when nothing needed doing."""
+    if previous is None:
+        return ""
+    meta = releases.read_metadata(paths.release(previous))
+    if meta is None:
+        return f"the database was left as it is: {previous[:12]}'s RELEASE.json cannot be read"
+    try:
+        if schema.matches(meta):
+            return ""
+        schema.bring_to(
+            config, paths, env_values, previous, meta, unapply_with=sha,
+            label=f"before-restore-{previous[:12]}", note=lambda line: say(f"    {line}"),
+        )
+    except BaseException as exc:
+        return (f"the database could NOT be brought back to {previous[:12]}'s migrations "
+                f"({as_failure(exc).message}); restore the backup in state/backups/ with the service stopped")
+    return f"the database is back on {previous[:12]}'s migrations"
 
 
 def main(config: Config, paths: Paths, sha_or_prefix: str) -> None:

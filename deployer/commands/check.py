@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from typing import Callable
 
-from deployer import envfile, releases, venv
+from deployer import envfile, git, releases, service, venv
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
@@ -52,13 +51,18 @@ def _uv(config: Config, paths: Paths) -> str:
 
 
 def _repo(config: Config, paths: Paths) -> str:
-    run(["git", "ls-remote", "--heads", "--", config.repo], what=f"git ls-remote {config.repo}", timeout=60)
+    shown_repo = git.redacted(config.repo)
+    git.run_git(["git", "ls-remote", "--heads", "--", config.repo], config.repo, f"git ls-remote {shown_repo}", timeout=60)
     mirror = "mirror present" if (paths.repo / "HEAD").exists() else "mirror will be cloned on first release"
-    return f"{config.repo} reachable; {mirror}"
+    warning = ("; WARNING: credentials in `repo` show in process arguments and repo/config: "
+               "use a credential helper or a deploy key (docs/server-guide.md)") if shown_repo != config.repo else ""
+    return f"{shown_repo} reachable; {mirror}{warning}"
 
 
 def _live(config: Config, paths: Paths) -> str:
     live = current_sha(paths)
+    if not live and paths.current.is_symlink():
+        raise OperationFailed(f"{paths.current} does not point at a release in {paths.releases}")
     if not live:
         return "no live release yet"
     issues = releases.problems(paths.release(live), config.shared_dirs)
@@ -72,8 +76,8 @@ def _service(config: Config, paths: Paths) -> str:
     if not shutil.which(argv[0]):
         raise OperationFailed(f"service.restart: command not found: {argv[0]}")
     if config.service.is_active:
-        proc = subprocess.run(split_command(config.service.is_active), capture_output=True, timeout=30)
-        return "service is active" if proc.returncode == 0 else "service is not active (a first deploy starts it)"
+        active = service.state(config) == "active"
+        return "service is active" if active else "service is not active (a first deploy starts it)"
     return "restart command found; no is_active command configured"
 
 

@@ -17,7 +17,10 @@ def own_bytes(path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
-            st = os.lstat(os.path.join(dirpath, name))
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:  # a prune running beside us
+                continue
             if st.st_nlink == 1:
                 total += st.st_blocks * 512
     return total

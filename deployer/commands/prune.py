@@ -6,28 +6,50 @@ import os
 import sys
 from pathlib import Path
 
-from deployer import history, releases
+from deployer import history, releases, smoke
 from deployer.config import Config
 from deployer.errors import BadInput
-from deployer.paths import Paths, current_sha, remove_tree, stale_tmp_dirs, tree_bytes
+from deployer.paths import SHA_RE, Paths, current_sha, discard, remove_tree, stale_tmp_dirs, tree_bytes
 from deployer.steps import say
 
 
 def in_use(paths: Paths, proc: Path = Path("/proc")) -> set[str]:
-    """Releases a running process still uses, through its cwd or executable."""
+    """Releases a running process still uses, through its cwd or executable. The service user's
+    gunicorn hides those links from the deploy user (EACCES); its command line, which anyone
+    may read, names the release its ExecStart resolved (releases/<sha>/venv/bin/python)."""
     prefix = os.path.realpath(paths.releases) + os.sep
     found = set()
     for entry in proc.iterdir() if proc.is_dir() else []:
         if not entry.name.isdigit():
             continue
+        hidden = False
         for link in ("cwd", "exe"):
             try:
                 target = os.readlink(entry / link)
+            except PermissionError:
+                hidden = True
+                continue
             except OSError:
                 continue
             if target.startswith(prefix):
                 found.add(target[len(prefix):].split(os.sep, 1)[0])
-    return found
+        if hidden:
+            found |= _named_in_cmdline(entry, prefix)
+    return {sha for sha in found if SHA_RE.fullmatch(sha)}
+
+
+def _named_in_cmdline(entry: Path, prefix: str) -> set[str]:
+    try:
+        argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return set()
+    return {arg[len(prefix):].split(os.sep, 1)[0] for arg in argv if arg.startswith(prefix)}
+
+
+def served(config: Config) -> str | None:
+    """The release the live site reports on /healthz, whatever `current` says."""
+    release = smoke.health(config.smoke).get("release")
+    return release if isinstance(release, str) and SHA_RE.fullmatch(release) else None
 
 
 def select(
@@ -47,7 +69,7 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
     entries = history.read(paths)
     live = current_sha(paths)
     protected = {sha for sha in (live, history.rollback_target(entries, live)) if sha}
-    busy = in_use(paths)
+    busy = in_use(paths) | {sha for sha in (served(config),) if sha}
     protected |= busy
     built = releases.complete(paths)
     doomed = select(built, keep, protected, history.failed_smoke(entries))
@@ -59,11 +81,13 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
         say(f"{verb} {sha[:12]}  {built[sha].get('subject', '')}")
     for tmp in stale:
         say(f"{verb} {tmp.name} (interrupted build)")
-    for sha in sorted(busy & set(built)):
+    for sha in sorted((busy & set(built)) - {live}):
         say(f"keeping {sha[:12]}: a running process uses it")
     if not dry_run:
-        for target in targets:
-            remove_tree(target)
+        for sha in doomed:
+            discard(paths, paths.release(sha))
+        for tmp in stale:
+            remove_tree(tmp)
     summary = f"{'would free' if dry_run else 'freed'} {_human(freed)} ({len(doomed)} release(s), {len(stale)} temp dir(s))"
     print(summary, file=sys.stdout)
 

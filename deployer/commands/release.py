@@ -13,7 +13,7 @@ from pathlib import Path
 from deployer import __version__, django, envfile, git, releases, statics, venv
 from deployer.config import Config
 from deployer.errors import BadInput, OperationFailed
-from deployer.paths import Paths, current_sha, remove_tree, stale_tmp_dirs
+from deployer.paths import Paths, current_sha, discard, fsync_dir, remove_tree, stale_tmp_dirs, sync_filesystem
 from deployer.steps import Progress, say
 
 STEPS = 8
@@ -37,12 +37,21 @@ def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> st
             progress.note(f"{ref} is {sha}")
     live = current_sha(paths)
     final = paths.release(sha)
-    if final.exists() and not releases.problems(final, config.shared_dirs):
-        if not rebuild:
-            say(f"release {sha[:12]} is already built and complete; nothing to do (--rebuild to build it again)")
-            return sha
-        if sha == live:
+    if sha == live:
+        # Checked before anything else: the live release is never renamed away under gunicorn.
+        if rebuild:
             raise BadInput(f"release {sha[:12]} is live; refusing to rebuild it", hint="activate another release first")
+        issues = releases.problems(final, config.shared_dirs)
+        if issues:
+            raise OperationFailed(
+                f"the live release {sha[:12]} is not complete: {'; '.join(issues)}",
+                hint="activate or roll back to another release, then `deployer release --rebuild` this one",
+            )
+        say(f"release {sha[:12]} is already built, complete and live; nothing to do")
+        return sha
+    if final.exists() and not rebuild and not releases.problems(final, config.shared_dirs):
+        say(f"release {sha[:12]} is already built and complete; nothing to do (--rebuild to build it again)")
+        return sha
 
     tmp = paths.new_tmp_release(sha)
     tmp.mkdir(mode=0o755)
@@ -51,8 +60,10 @@ def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> st
         meta["build_seconds"] = round(time.monotonic() - started, 2)
         meta["steps"] = progress.durations
         with progress.step("write RELEASE.json"):
+            meta["digests"] = releases.digests(tmp, config.shared_dirs)
+            sync_filesystem(tmp)  # every file on disk before the metadata that vouches for it
             releases.write_metadata(tmp, meta)
-            _move_into_place(tmp, final)
+            _move_into_place(paths, tmp, final)
     except BaseException:
         remove_tree(tmp)
         raise
@@ -70,7 +81,6 @@ def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:
         requirements = tmp / config.django.requirements
         if not requirements.is_file():
             raise OperationFailed(f"{config.django.requirements} is not in commit {sha[:12]}")
-        digest = releases.tree_digest(tmp, set(config.shared_dirs))
 
     with progress.step("create venv"):
         flags = venv.install_flags(config.install.find_links, config.install.offline)
@@ -115,7 +125,6 @@ def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:
         "python": python_id.split()[0],
         "requirements_key": key,
         "venv": how,
-        "tree_digest": digest,
         "migrations": {"leaves": graph["leaves"], "nodes": graph["nodes"]},
         "database": graph["database"],
         "static_files": static_count,
@@ -133,16 +142,11 @@ def _venv_to_reuse(paths: Paths, key: str, live: str | None) -> Path | None:
     return None
 
 
-def _move_into_place(tmp: Path, final: Path) -> None:
+def _move_into_place(paths: Paths, tmp: Path, final: Path) -> None:
     if final.exists():
-        old = final.with_name(f".tmp-{final.name}-replaced")
-        if old.exists():
-            remove_tree(old)
-        final.rename(old)
-        tmp.rename(final)
-        remove_tree(old)
-    else:
-        tmp.rename(final)
+        discard(paths, final)  # --rebuild of a release that is not live
+    tmp.rename(final)
+    fsync_dir(paths.releases)
 
 
 def _remove_stale_tmp(paths: Paths) -> None:

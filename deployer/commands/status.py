@@ -5,22 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-import urllib3
-
 from deployer import history, lock, service, smoke
 from deployer.config import Config
 from deployer.errors import DeployError
 from deployer.paths import Paths, current_sha
-
-
-def health(config: Config) -> dict:
-    """One GET of /healthz through the configured front door."""
-    try:
-        resp = smoke.get(config.smoke, smoke.pool(config.smoke, timeout=5), "/healthz")
-        body = json.loads(resp.data) if resp.status in (200, 503) else {}
-        return {"ok": resp.status == 200, "http_status": resp.status, "release": body.get("release")}
-    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def collect(config: Config, paths: Paths) -> dict:
@@ -29,7 +17,7 @@ def collect(config: Config, paths: Paths) -> dict:
         state = service.state(config)
     except DeployError as exc:
         state = f"unknown ({exc.message})"
-    site = health(config)
+    site = smoke.health(config.smoke)
     entries = history.read(paths)
     return {
         "current": live,

@@ -3,7 +3,7 @@
 import json
 import os
 
-from deployer.releases import tree_digest
+from deployer.releases import digests
 
 
 def test_release_builds_a_complete_release_and_prints_its_sha(deployment, source_repo):
@@ -25,7 +25,7 @@ def test_release_builds_a_complete_release_and_prints_its_sha(deployment, source
     assert (release / "staticfiles" / manifest["paths"]["css/site.css"]).is_file()
     assert ["treatments", "0001_initial"] in meta["migrations"]["leaves"]
     assert meta["database"]["name"] == str(deployment.database)
-    assert meta["tree_digest"] == tree_digest(release, {"db", "media"})
+    assert meta["digests"] == digests(release, ("db", "media"))
     # Each step printed one numbered line with its duration.
     for number, name in enumerate(["fetch mirror", "resolve commit", "export tree", "create venv",
                                    "link shared dirs", "django checks", "collectstatic",

@@ -64,3 +64,34 @@ def test_history_file_is_append_only(tmp_path):
     first = Path(paths.history_file).read_text()
     history.append(paths, "deploy", A, B, "ok")
     assert Path(paths.history_file).read_text().startswith(first)
+
+
+def test_an_entry_appended_after_a_torn_line_is_not_lost(tmp_path):
+    paths = Paths(tmp_path)
+    history.append(paths, "deploy", None, A, "ok")
+    with open(paths.history_file, "a") as fh:
+        fh.write('{"action": "deploy", "to": "cccc')  # a kill mid-write
+    history.append(paths, "deploy", A, B, "ok")
+    assert [e["to"] for e in history.read(paths)] == [A, B]
+    assert history.last_live(history.read(paths)) == B
+
+
+def test_corrupted_lines_are_skipped_never_trusted(tmp_path):
+    paths = Paths(tmp_path)
+    history.append(paths, "deploy", None, A, "ok")
+    with open(paths.history_file, "ab") as fh:
+        fh.write(b"\xff\xfe not utf-8\n")
+        fh.write(b'{"action": "deploy", "from": null, "to": ["list"], "result": "ok"}\n')
+        fh.write(b'{"action": "deploy", "from": {"x": 1}, "to": "%s", "result": "ok"}\n' % B.encode())
+        fh.write(b"[" * 20000 + b"\n")
+        fh.write(b'["a list"]\n')
+    history.append(paths, "deploy", A, C, "ok")
+    assert [e["to"] for e in history.read(paths)] == [A, C]
+
+
+def test_history_and_state_are_private_from_the_start(tmp_path):
+    paths = Paths(tmp_path / "deploy")
+    history.append(paths, "deploy", None, A, "ok")
+    assert paths.state.stat().st_mode & 0o777 == 0o700
+    assert paths.backups.stat().st_mode & 0o777 == 0o700
+    assert paths.history_file.stat().st_mode & 0o777 == 0o600

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,7 @@ def make_release(paths: Paths, sha: str, built_at: str = "2026-01-01T00:00:00+00
     (release / "app").mkdir()
     (release / "app" / "manage.py").write_text("")
     (release / "REVISION").write_text(sha + "\n")
-    digest = releases.tree_digest(release, set())
-    releases.write_metadata(release, {"sha": sha, "built_at": built_at, "tree_digest": digest})
+    releases.write_metadata(release, {"sha": sha, "built_at": built_at, "digests": releases.digests(release, ())})
 
 
 @pytest.mark.parametrize("text", ["abc", "../" + A, "/etc", A + "0", "g" * 8, "-h", "", "ABCD\n"])
@@ -72,14 +72,51 @@ def test_completeness_requires_metadata_revision_venv_statics_and_an_unchanged_t
     release = paths.release(A)
     assert releases.problems(release) == []
     (release / "app" / "extra.py").write_text("x")
-    assert releases.problems(release) == ["the exported tree changed since it was built"]
+    assert releases.problems(release) == ["its tree changed since it was built"]
     (release / "app" / "extra.py").unlink()
+    (release / "staticfiles" / "site.css").write_text("body{}")
+    assert releases.problems(release) == ["its staticfiles changed since it was built"]
+    (release / "staticfiles" / "site.css").unlink()
     (release / "REVISION").write_text(B)
     assert "REVISION does not match the directory name" in releases.problems(release)
     (release / "RELEASE.json").unlink()
-    assert releases.problems(release) == ["RELEASE.json is missing or unreadable"]
+    assert releases.problems(release) == ["RELEASE.json is missing, unreadable or malformed"]
     with pytest.raises(OperationFailed, match="not complete"):
         releases.require_complete(paths, A, ())
+
+
+def test_a_same_size_edit_inside_a_release_makes_it_incomplete(tmp_path):
+    paths = Paths(tmp_path)
+    make_release(paths, A)
+    release = paths.release(A)
+    (release / "app" / "settings.py").write_text("DEBUG = False\n")
+    releases.write_metadata(release, {"sha": A, "digests": releases.digests(release, ())})
+    assert releases.problems(release) == []
+    (release / "app" / "settings.py").write_text("DEBUG = True \n")  # same size, other bytes
+    assert releases.problems(release) == ["its tree changed since it was built"]
+
+
+@pytest.mark.parametrize("metadata", [b"\xff\xfe not utf-8", b"[1, 2]", b'{"sha": ["a"]}', b"[" * 20000,
+                                      b'{"sha": "%s", "migrations": {"leaves": [1]}}' % A.encode(),
+                                      b'{"sha": "%s", "built_at": 5}' % A.encode()])
+def test_a_corrupted_release_json_is_an_incomplete_release_not_a_crash(tmp_path, metadata):
+    paths = Paths(tmp_path)
+    make_release(paths, A)
+    (paths.release(A) / "RELEASE.json").write_bytes(metadata)
+    assert releases.read_metadata(paths.release(A)) is None
+    assert releases.complete(paths) == {}
+    assert releases.problems(paths.release(A)) == ["RELEASE.json is missing, unreadable or malformed"]
+
+
+def test_current_pointing_outside_releases_or_dangling_is_no_live_release(tmp_path):
+    paths = Paths(tmp_path)
+    make_release(paths, A)
+    os.symlink(f"releases/{A}", paths.current)
+    assert current_sha(paths) == A
+    for target in (f"/elsewhere/releases/{A}", f"releases/{B}", f"../{A}", f"releases/../{A}"):
+        paths.current.unlink()
+        os.symlink(target, paths.current)
+        assert current_sha(paths) is None, target
 
 
 def test_switch_replaces_current_with_a_relative_symlink_in_one_rename(tmp_path):
@@ -192,3 +229,79 @@ def test_env_file_must_not_be_readable_by_others_and_must_have_every_required_va
     assert "s3cret" not in excinfo.value.message
     with pytest.raises(BadInput, match="does not exist"):
         envfile.load(tmp_path / "missing.env", ())
+
+
+PROBE_WHILE_LOCKING = """
+import fcntl, os, sys, time
+from pathlib import Path
+from deployer.lock import read_holder
+from deployer.paths import Paths
+paths = Paths(Path(sys.argv[1]))
+if sys.argv[2] == "probe":
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        read_holder(paths)
+else:
+    fd = os.open(paths.lock_file, os.O_RDWR)
+    refused = 0
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            refused += 1
+    print(refused)
+"""
+
+
+def test_probing_the_lock_never_makes_a_deploy_fail(tmp_path):
+    """`status` (and a deploy waiting for the lock) read the holder; they must never hold the
+    lock themselves, not even shared for a moment, or an unrelated deploy exits 3."""
+    paths = Paths(tmp_path)
+    paths.ensure_state()
+    paths.lock_file.write_text("")
+    probers = [subprocess.Popen([sys.executable, "-c", PROBE_WHILE_LOCKING, str(tmp_path), "probe"]) for _ in range(2)]
+    locker = subprocess.run([sys.executable, "-c", PROBE_WHILE_LOCKING, str(tmp_path), "lock"],
+                            capture_output=True, text=True, check=True)
+    for prober in probers:
+        prober.wait()
+    assert locker.stdout.strip() == "0"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="NOT RUN: needs root to start a process another user cannot inspect")
+def test_in_use_sees_the_service_users_gunicorn_through_its_command_line(tmp_path):
+    """The deploy user cannot read /proc/PID/cwd of the service user's gunicorn (EACCES); its
+    command line, which systemd's ExecStart resolved to releases/<sha>/venv/bin/python, names it."""
+    paths = Paths(tmp_path)
+    make_release(paths, A)
+    make_release(paths, B)
+    python = paths.release(A) / "venv" / "bin" / "python"
+    python.unlink()
+    python.symlink_to(sys.executable)
+    service = subprocess.Popen([str(python), "-c", "import time; time.sleep(30)"], cwd="/")
+    try:
+        seen = _as_nobody(lambda: sorted(in_use(paths)))
+    finally:
+        service.kill()
+        service.wait()
+    assert seen == [A]
+
+
+def _as_nobody(function):
+    """Run function in a forked child that dropped root for the `nobody` user; its result."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.write(write_end, json.dumps(function()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
