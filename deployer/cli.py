@@ -15,7 +15,7 @@ from contextlib import nullcontext
 
 import click
 
-from deployer import __version__
+from deployer import __version__, signals
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
 from deployer.commands import deploy as deploy_cmd
@@ -117,6 +117,7 @@ def main(ctx: click.Context, config_file: str | None, debug: bool) -> None:
     2 bad input or configuration, 3 another deploy holds the lock.
     """
     ctx.obj = Session(config_file, debug)
+    signals.stop_like_ctrl_c()
 
 
 @main.command()

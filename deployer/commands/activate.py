@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from deployer import envfile, history, releases, schema, service, smoke, switch
+from deployer import envfile, history, releases, schema, service, signals, smoke, switch
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
@@ -79,20 +79,24 @@ def go_live(
             )
     except BaseException as exc:
         failure = as_failure(exc)
-        if stage == SCHEMA:
-            _put_back_schema(config, paths, sha, previous, failure, env_values)
-        else:
-            # Only a release that did not come up or did not pass its smoke test is failed-smoke;
-            # an interrupt or a failure of the deployer itself marks the attempt `failed`.
-            at_fault = stage == RESTART and isinstance(exc, DeployError)
-            result = history.FAILED_SMOKE if at_fault else history.FAILED
-            _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result,
-                                   {"backup": backup, "seconds": round(time.monotonic() - started, 2),
-                                    "steps": dict(progress.durations), "action": action})
+        with signals.shielded():
+            if stage == SCHEMA:
+                _put_back_schema(config, paths, sha, previous, failure, env_values)
+            else:
+                record = {"action": action, "backup": backup, "seconds": round(time.monotonic() - started, 2),
+                          "steps": dict(progress.durations)}
+                _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values,
+                                       _result_of(stage, exc), record)
         if failure is exc:
             raise
         raise failure from exc
     say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
+
+
+def _result_of(stage: str, exc: BaseException) -> str:
+    """Only a release that did not come up or did not pass its smoke test is failed-smoke (never
+    a rollback target); an interrupt or a failure of the deployer itself is `failed`."""
+    return history.FAILED_SMOKE if stage == RESTART and isinstance(exc, DeployError) else history.FAILED
 
 
 def as_failure(exc: BaseException) -> DeployError:

@@ -115,6 +115,8 @@ def source_repo(tmp_path_factory) -> SourceRepo:
         _append(r / "app" / "static" / "css" / "site.css", "\n.site-footer { font-weight: bold; }\n"),
     ))
     _commit_on(repo, "migration", "visible", "Treatments get an aftercare note", _add_migration)
+    _commit_on(repo, "migration-no-boot", "migration", "A migration, and a WSGI app that cannot import",
+               lambda r: _append(r / "app" / "config" / "wsgi.py", "\nraise RuntimeError('this release cannot boot')\n"))
     _commit_on(repo, "bad-check", "base", "Turn HSTS off (check --deploy must refuse)", lambda r: _append(
         r / "app" / "config" / "settings" / "production.py", "\nSECURE_HSTS_SECONDS = 0\n"))
     _commit_on(repo, "no-boot", "base", "A release whose WSGI app cannot import", lambda r: _append(

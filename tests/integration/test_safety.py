@@ -1,0 +1,242 @@
+"""The safety promise (docs/design.md §3, §6, §7): exit 1 means the live site was left as it was or
+put back — schema included — and the deployer never misreads the state it finds."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+MIGRATION = "0002_treatment_aftercare"
+
+
+def applied(db, app="treatments"):
+    with sqlite3.connect(db) as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM django_migrations WHERE app=?", (app,))}
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("deployer: error:"), result.stderr
+    assert sum(line.startswith("deployer: error:") for line in lines) == 1, result.stderr
+    return lines[-1]
+
+
+# --- A: any failure after the switch switches back -------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_operator_interrupting_the_smoke_test_gets_the_previous_release_back(deployment, source_repo, signum):
+    deployment.ok("deploy", "base")
+    broken = deployment.release("no-boot")  # restarts fine, then fails its smoke test for 15 s
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(deployment.config_file),
+                             "activate", broken], stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "smoke test" in line:
+            break
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    stderr = "".join(seen) + rest
+
+    assert proc.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("deployer: error:") and "interrupted" in last, stderr
+    assert "Traceback" not in stderr
+    assert f"{source_repo.sha('base')[:12]} is live again" in last
+    assert deployment.current == source_repo.sha("base")
+    assert deployment.healthz()["release"] == source_repo.sha("base")
+    assert deployment.history()[-1]["result"] == "failed"
+
+
+def test_a_restart_program_that_cannot_run_still_leaves_current_on_the_previous_release(deployment, source_repo):
+    deployment.ok("deploy", "base")
+    second = deployment.release("second")
+    script = deployment.root / "restart.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)  # no execute bit
+    deployment.write_config(service={"restart": str(script)})
+
+    result = deployment.deployer("activate", second)
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert "restart.sh" in last and "Permission denied" in last
+    assert deployment.current == source_repo.sha("base")
+    assert deployment.healthz()["release"] == source_repo.sha("base")  # never restarted
+    assert deployment.history()[-1]["to"] == second and deployment.history()[-1]["result"] != "ok"
+
+
+# --- B: migrations and the switch-back --------------------------------------------------------
+
+def test_a_switch_back_after_a_forward_migration_restores_the_schema(deployment, source_repo):
+    deployment.ok("deploy", "visible")
+    assert MIGRATION not in applied(deployment.database)
+
+    result = deployment.deployer("deploy", "migration-no-boot")
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert f"the database is back on {source_repo.sha('visible')[:12]}'s migrations" in last
+    assert MIGRATION not in applied(deployment.database)
+    assert deployment.current == source_repo.sha("visible")
+    assert deployment.healthz()["release"] == source_repo.sha("visible")
+    with sqlite3.connect(deployment.database) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_failed_rollback_with_migrate_reapplies_what_it_unapplied(deployment, source_repo):
+    deployment.ok("deploy", "migration")
+    broken = deployment.release("no-boot")  # based on `base`: does not know the migration
+
+    result = deployment.deployer("rollback", "--to", broken, "--migrate")
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert f"{source_repo.sha('migration')[:12]} is live again" in last
+    assert MIGRATION in applied(deployment.database)
+    assert deployment.current == source_repo.sha("migration")
+    assert deployment.healthz()["release"] == source_repo.sha("migration")
+
+
+def test_rolling_forward_with_rollback_to_applies_the_targets_pending_migrations(deployment, source_repo):
+    deployment.ok("deploy", "visible")
+    deployment.ok("deploy", "migration")
+    deployment.ok("rollback", "--migrate")
+    assert MIGRATION not in applied(deployment.database)
+
+    result = deployment.ok("rollback", "--to", source_repo.sha("migration"))
+
+    assert MIGRATION in applied(deployment.database)
+    assert "database backed up to" in result.stderr
+    assert deployment.healthz()["release"] == source_repo.sha("migration")
+    assert deployment.page("/").count("visible change") == 1
+
+
+def test_activate_of_an_older_release_refuses_when_the_database_is_ahead(deployment, source_repo):
+    deployment.ok("deploy", "visible")
+    deployment.ok("deploy", "migration")
+
+    result = deployment.deployer("activate", source_repo.sha("visible"))
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert f"treatments.{MIGRATION}" in last and "--migrate" in last
+    assert deployment.current == source_repo.sha("migration")
+    assert MIGRATION in applied(deployment.database)
+
+
+# --- C: state the deployer must not misread ---------------------------------------------------
+
+@pytest.mark.parametrize("where", ["outside", "dangling"])
+def test_rollback_from_a_current_that_points_at_no_release_goes_to_the_recorded_previous(deployment, source_repo, where, tmp_path):
+    deployment.ok("deploy", "base")
+    deployment.ok("deploy", "second")
+    second = source_repo.sha("second")
+    link = deployment.deploy_to / "current"
+    link.unlink()
+    if where == "outside":
+        (tmp_path / "elsewhere" / second).mkdir(parents=True)
+        link.symlink_to(tmp_path / "elsewhere" / second)
+    else:
+        link.symlink_to(f"releases/{'f' * 40}")
+
+    deployment.ok("rollback")
+
+    assert deployment.current == source_repo.sha("base")
+    assert deployment.healthz()["release"] == source_repo.sha("base")
+
+
+def test_release_of_the_live_sha_never_rebuilds_it_even_when_it_was_edited(deployment, source_repo):
+    deployment.ok("deploy", "base")
+    live = deployment.deploy_to / "releases" / source_repo.sha("base")
+    inode = live.stat().st_ino
+    settings = live / "app" / "config" / "settings" / "production.py"
+    text = settings.read_text()
+    settings.write_text(text.replace("DEBUG = False", "DEBUG = True ") if "DEBUG = False" in text else text[:-1] + "#")
+
+    result = deployment.deployer("release", "base")
+
+    assert result.returncode == 1
+    assert "the live release" in one_error_line(result)
+    assert live.stat().st_ino == inode
+    assert deployment.healthz()["release"] == source_repo.sha("base")
+
+
+def test_a_same_size_edit_inside_a_built_release_is_refused_at_activate(deployment, source_repo):
+    deployment.ok("deploy", "base")
+    second = deployment.release("second")
+    css = deployment.deploy_to / "releases" / second / "app" / "static" / "css" / "site.css"
+    css.write_text(css.read_text()[:-2] + "X\n")  # same size, other bytes
+
+    result = deployment.deployer("activate", second)
+
+    assert result.returncode == 1
+    assert "tree changed since it was built" in one_error_line(result)
+    assert deployment.current == source_repo.sha("base")
+
+
+def test_a_prune_killed_while_deleting_is_finished_by_the_next_run(deployment, source_repo):
+    deployment.ok("deploy", "base")
+    second = deployment.release("second")
+    releases = deployment.deploy_to / "releases"
+    # What a kill -9 in the middle of prune's delete leaves: the release already renamed away
+    # (never half-deleted under its own name), part of it gone.
+    half = releases / f".tmp-discard-{second}-deadbeef"
+    os.rename(releases / second, half)
+    subprocess.run(["rm", "-rf", str(half / "venv" / "lib")], check=True)
+
+    listed = deployment.ok("list", "--json")
+    assert second not in {row["sha"] for row in json.loads(listed.stdout)["releases"]}
+
+    result = deployment.ok("prune", "--keep", "1")
+
+    assert "interrupted" in result.stderr
+    assert deployment.releases == {source_repo.sha("base")}
+
+
+# --- E: security ------------------------------------------------------------------------------
+
+def test_a_database_replaced_by_a_symlink_is_refused_before_any_backup_or_migrate(deployment, source_repo, tmp_path):
+    deployment.ok("deploy", "visible")
+    migration = deployment.release("migration")
+    db = deployment.database
+    target = tmp_path / "elsewhere.sqlite3"
+    os.rename(db, target)
+    db.symlink_to(target)
+
+    result = deployment.deployer("activate", migration)
+
+    assert result.returncode == 1
+    assert "not a regular file" in one_error_line(result)
+    assert deployment.current == source_repo.sha("visible")
+    assert MIGRATION not in applied(target)
+    assert list((deployment.deploy_to / "state" / "backups").iterdir()) == []
+
+
+def test_backups_and_state_are_private_from_the_start(deployment):
+    deployment.ok("deploy", "visible")
+    deployment.ok("deploy", "migration")
+    state = deployment.deploy_to / "state"
+    backups = list((state / "backups").iterdir())
+    assert backups
+    assert {oct(p.stat().st_mode & 0o777) for p in backups} == {oct(0o600)}
+    assert oct(state.stat().st_mode & 0o777) == oct(0o700)
+    assert oct((state / "backups").stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_credentials_in_the_repo_url_never_show_in_output(deployment):
+    deployment.write_config(repo="https://deploy-bot:s3cr3t-t0ken@127.0.0.1:9/skinmenu.git")
+
+    check = deployment.deployer("check")
+    release = deployment.deployer("release", "main")
+
+    assert "s3cr3t-t0ken" not in check.stdout + check.stderr
+    assert "https://deploy-bot:***@127.0.0.1:9/skinmenu.git" in check.stdout
+    assert release.returncode == 1
+    assert "s3cr3t-t0ken" not in release.stdout + release.stderr
