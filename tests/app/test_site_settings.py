@@ -139,6 +139,7 @@ DUMP = textwrap.dedent(
         "CSRF_COOKIE_SECURE": settings.CSRF_COOKIE_SECURE,
         "SECURE_HSTS_SECONDS": settings.SECURE_HSTS_SECONDS,
         "SECURE_HSTS_INCLUDE_SUBDOMAINS": settings.SECURE_HSTS_INCLUDE_SUBDOMAINS,
+        "WAGTAILDOCS_SERVE_METHOD": getattr(settings, "WAGTAILDOCS_SERVE_METHOD", None),
         "journal_mode": journal_mode,
         "synchronous": synchronous,
         "busy_timeout": busy_timeout,
@@ -177,6 +178,8 @@ def test_production_paths_and_hardening_in_a_release(
     assert seen["SESSION_COOKIE_SECURE"] and seen["CSRF_COOKIE_SECURE"]
     assert seen["SECURE_HSTS_SECONDS"] == 31_536_000
     assert seen["SECURE_HSTS_INCLUDE_SUBDOMAINS"] is True
+    # nginx refuses /media/documents/: documents must be streamed by Wagtail's view.
+    assert seen["WAGTAILDOCS_SERVE_METHOD"] == "serve_view"
     # SQLite: WAL, synchronous=NORMAL (1), a 20 s busy timeout, IMMEDIATE transactions.
     assert seen["DB_OPTIONS"]["transaction_mode"] == "IMMEDIATE"
     assert (seen["journal_mode"], seen["synchronous"], seen["busy_timeout"]) == ("wal", 1, 20000)

@@ -1,7 +1,7 @@
 """The production files themselves, checked on the host (no container needed): gixy on the
-nginx site, the unit scored offline by systemd-analyze, the sudoers rule parsed by visudo, the
-unit's stop timeout aligned with gunicorn's graceful timeout, and the server guide's shell
-blocks all tagged for the e2e tier."""
+nginx site, `nginx -t` on it, its media and documents locations, the unit scored offline by
+systemd-analyze, the sudoers rule parsed by visudo, the unit's stop timeout aligned with
+gunicorn's graceful timeout, and the server guide's shell blocks all tagged for the e2e tier."""
 
 from __future__ import annotations
 
@@ -83,6 +83,87 @@ def test_gixy_reports_nothing_for_the_nginx_site():
     figure(f"gixy-ng on nginx/skinmenu.conf: {len(issues)} issue(s)"
            + ("" if not issues else ": " + "; ".join(f"{i.get('plugin')}: {i.get('summary')}" for i in issues)))
     assert proc.returncode == 0 and issues == [], proc.stdout + proc.stderr
+
+
+def nginx_tree(text: str) -> list[tuple[str, list[str], list]]:
+    """The nginx file as (directive, args, children) tuples; enough syntax for our site file."""
+    tokens = re.findall(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'|#[^\n]*|[{};]|[^\s{};"\'#]+', text)
+    tokens = [t for t in tokens if not t.startswith("#")]
+    stack: list[list] = [[]]
+    words: list[str] = []
+    for token in tokens:
+        if token == ";":
+            stack[-1].append((words[0], words[1:], []))
+            words = []
+        elif token == "{":
+            block = (words[0], words[1:], [])
+            stack[-1].append(block)
+            stack.append(block[2])
+            words = []
+        elif token == "}":
+            stack.pop()
+        else:
+            words.append(token.strip("\"'"))
+    assert len(stack) == 1 and not words, "unbalanced braces in the nginx site"
+    return stack[0]
+
+
+def https_site_locations() -> dict[str, list]:
+    """The locations of the skinmenu.example.com HTTPS server: 'modifier path' -> directives."""
+    for name, _, body in nginx_tree(SITE.read_text()):
+        directives = {(d, tuple(a)) for d, a, _ in body}
+        if name == "server" and ("server_name", ("skinmenu.example.com",)) in directives \
+                and any(d == "listen" and "ssl" in a for d, a in directives):
+            return {" ".join(args): children for d, args, children in body if d == "location"}
+    raise AssertionError("no HTTPS server for skinmenu.example.com in nginx/skinmenu.conf")
+
+
+def directive(children: list, name: str) -> list[list[str]]:
+    return [args for d, args, _ in children if d == name]
+
+
+def test_documents_under_media_are_internal_so_only_wagtails_view_serves_them():
+    """/media/documents/<name> would bypass a private collection; Wagtail's view
+    (/documents/<id>/<name>, proxied) is the only way to a document."""
+    locations = https_site_locations()
+    documents = locations.get("^~ /media/documents/")
+    assert documents is not None, sorted(locations)
+    assert directive(documents, "internal") == [[]], documents
+    # Nothing to serve even after an internal redirect: no root/alias of its own.
+    assert not directive(documents, "alias") and not directive(documents, "root"), documents
+    # No regex location may get at media paths first (a `^~` prefix stops regex matching
+    # only for the locations it wins); the dotfile rule is the only server-level regex.
+    regexes = [key for key in locations if key.startswith(("~", "~*"))]
+    assert regexes == ["~ /\\.(?!well-known/)"], regexes
+
+
+def test_media_refuses_symlinks_and_listings_and_never_runs_anything():
+    media = https_site_locations()["^~ /media/"]
+    assert directive(media, "alias") == [["/home/deploy/shared/media/"]]
+    symlinks = directive(media, "disable_symlinks")
+    assert len(symlinks) == 1 and symlinks[0][0] == "on", symlinks
+    assert symlinks[0][1:] in ([], ["from=$document_root"]), symlinks
+    assert directive(media, "autoindex") == [["off"]]
+    handlers = {"proxy_pass", "fastcgi_pass", "uwsgi_pass", "scgi_pass", "grpc_pass", "memcached_pass",
+                "ssi", "perl", "js_content", "content_by_lua_block"}
+    assert not [d for d, _, _ in media if d in handlers], media
+
+
+def test_nginx_t_accepts_the_site(tmp_path):
+    """The host's nginx parses the site file (certificate paths pointed at a throw-away pair)."""
+    nginx = _need("nginx", "apt-get install nginx")
+    tls = m.make_test_ca(tmp_path / "tls")
+    live = f"/etc/letsencrypt/live/{m.DOMAIN}"
+    site = SITE.read_text().replace(f"{live}/fullchain.pem", str(tls["fullchain"])) \
+                           .replace(f"{live}/privkey.pem", str(tls["privkey"]))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; include {tmp_path}/site.conf; }}\n"
+    )
+    proc = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "test is successful" in proc.stderr, proc.stdout + proc.stderr
 
 
 def test_systemd_analyze_offline_scores_the_unit_at_most_2(tmp_path):

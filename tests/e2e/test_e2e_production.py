@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 
 import pytest
@@ -234,6 +235,73 @@ def test_the_service_writes_the_database_and_uploads_through_its_sandbox(server)
     path = stored[1].removeprefix("/home/deploy/shared")
     image = c.run(f"{curl} -o /dev/null -w '%{{http_code}} %{{content_type}}' {base}{path}").stdout.split()
     assert image == ["200", "image/png"], image
+    server.notes.update(editor_curl=curl, editor_token=token)
+
+
+PRIVATE_TEXT = "e2e: partner price list, signed-in users only"
+
+
+def _manage_as_deploy(server, code: str) -> str:
+    """`manage.py shell -c CODE` of the live release, as the deploy user; its last stdout line."""
+    script = ("cd ~/current/app && set -a && . /etc/skinmenu/skinmenu.env && set +a && exec ~/current/venv/bin/python "
+              f"manage.py shell --settings=config.settings.production -c {shlex.quote(code)}")
+    return server.as_deploy(script).stdout.strip().splitlines()[-1]
+
+
+def test_a_private_document_downloads_only_through_wagtail_and_media_follows_no_links(server):
+    """An editor uploads a document into a collection visible to signed-in users only. Wagtail's
+    view serves it to the editor and refuses an anonymous visitor; its file under /media/documents/
+    is a 404 for everybody (nginx `internal`); and links the service user plants in shared/media
+    (to that document, to its directory, to a system file) are refused (disable_symlinks)."""
+    c = server.c
+    collection = _manage_as_deploy(server, (
+        "from wagtail.models import Collection, CollectionViewRestriction as R; "
+        "c = Collection.get_first_root_node().add_child(name='e2e partners'); "
+        "R.objects.create(collection=c, restriction_type=R.LOGIN); print(c.id)"
+    ))
+    base = f"https://{DOMAIN}"
+    curl, token = server.notes["editor_curl"], server.notes["editor_token"]
+    c.write("/run/e2e-private.txt", PRIVATE_TEXT + "\n", mode="0644")
+    upload = c.run(
+        f"{curl} -o /dev/null -w '%{{http_code}}' -H 'Referer: {base}/admin/documents/add/' "
+        f"-F csrfmiddlewaretoken={token} -F title=e2e-private -F collection={collection} "
+        f"-F file=@/run/e2e-private.txt {base}/admin/documents/add/"
+    ).stdout
+    assert upload == "302", upload
+    stored = c.run("find /home/deploy/shared/media/documents -name 'e2e-private*.txt' -printf '%u %f\\n'").stdout.split()
+    assert len(stored) == 2 and stored[0] == "skinmenu", stored
+    name = stored[1]
+    doc_id = c.run(
+        "python3 -c \"import sqlite3; c = sqlite3.connect('file:/home/deploy/shared/db/skinmenu.sqlite3?mode=ro', uri=True);"
+        " print(c.execute(\\\"select id from wagtaildocs_document where title = 'e2e-private'\\\").fetchone()[0])\""
+    ).stdout.strip()
+    view = f"/documents/{doc_id}/{name}"
+
+    editor = c.run(f"{curl} -w '\\n%{{http_code}}' {base}{view}").stdout.rsplit("\n", 1)
+    assert editor == [PRIVATE_TEXT + "\n", "200"], editor
+    anonymous = server.https(view)
+    assert anonymous.status == 302 and anonymous.headers["location"].startswith("/_util/login/"), anonymous.summary()
+    assert PRIVATE_TEXT not in anonymous.body
+    for path in (f"/media/documents/{name}", "/media/documents/", f"/media//documents/{name}",
+                 f"/media/%64ocuments/{name}"):
+        direct = server.https(path)
+        assert direct.status == 404 and PRIVATE_TEXT not in direct.body, (path, direct.summary())
+    direct = c.run(f"{curl} -o /dev/null -w '%{{http_code}}' {base}/media/documents/{name}").stdout
+    assert direct == "404", direct  # signed in or not: nginx never serves the file itself
+
+    media = "/home/deploy/shared/media"
+    c.run(f"runuser -u skinmenu -- sh -c 'echo plain > {media}/e2e-plain.txt && ln -s documents/{name} {media}/e2e-leak.txt"
+          f" && ln -s documents {media}/e2e-docs && ln -s /etc/passwd {media}/e2e-passwd.txt'")
+    try:
+        assert server.https("/media/e2e-plain.txt").status == 200  # a regular file next to the links
+        for path in ("/media/e2e-leak.txt", f"/media/e2e-docs/{name}", "/media/e2e-passwd.txt"):
+            planted = server.https(path)
+            assert planted.status in (403, 404), (path, planted.summary())
+            assert PRIVATE_TEXT not in planted.body and "root:" not in planted.body, (path, planted.summary())
+    finally:
+        c.run(f"rm -f {media}/e2e-plain.txt {media}/e2e-leak.txt {media}/e2e-docs {media}/e2e-passwd.txt")
+    figure(f"private document: view 200 signed in / {anonymous.status} anonymous; /media/documents/ 404; "
+           "planted symlinks 403")
 
 
 # --- a second deploy: visible change, new static file, new migration, under load --------------------
@@ -339,6 +407,21 @@ def test_rollback_with_migrate_under_load(server):
         " print([r[1] for r in c.execute('pragma table_info(treatments_treatmentpage)')])\""
     ).stdout
     assert "booking_note" not in columns and "summary" in columns, columns
+
+
+def test_database_backups_are_private(server):
+    """The migration and the rollback --migrate each left a full copy of the database (password
+    hashes, sessions): readable by the deploy user only."""
+    c = server.c
+    for directory in ("/home/deploy/state", "/home/deploy/state/backups"):
+        assert c.run(f"stat -c '%U:%G %a' {directory}").stdout.split() == ["deploy:deploy", "700"], directory
+    backups = c.run("find /home/deploy/state/backups -type f -printf '%u:%g %m %f\\n'").stdout.strip().splitlines()
+    assert len(backups) >= 2, backups
+    assert all(line.split()[:2] == ["deploy:deploy", "600"] for line in backups), backups
+    first = backups[0].split()[2]
+    for user in ("skinmenu", "www-data"):
+        result = c.run(f"runuser -u {user} -- cat /home/deploy/state/backups/{first}", check=False)
+        assert result.returncode != 0 and "Permission denied" in result.stderr, (user, result.describe())
 
 
 # --- a release that cannot boot ---------------------------------------------------------------------

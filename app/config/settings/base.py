@@ -142,6 +142,12 @@ WAGTAILSEARCH_BACKENDS = {
 WAGTAILADMIN_BASE_URL = "http://localhost:8000"
 WAGTAILDOCS_EXTENSIONS = ["csv", "docx", "key", "odt", "pdf", "pptx", "rtf", "txt", "xlsx", "zip"]
 WAGTAILDOCS_MAX_UPLOAD_SIZE = 10 * 1024 * 1024
+# Documents are always downloaded through Wagtail's view (/documents/<id>/<filename>), which
+# enforces collection privacy and then streams the file. Never "redirect" or "direct": both hand
+# out /media/documents/<name>, which nginx refuses (an `internal` location), and which would
+# otherwise serve a private document to anyone with the link. Explicit, because Wagtail picks
+# the default by storage backend. See docs/server-guide.md, "Documents and privacy".
+WAGTAILDOCS_SERVE_METHOD = "serve_view"
 
 # The REVISION file the deployer writes at the release root; /healthz reports it.
 REVISION_FILE = RELEASE_ROOT / "REVISION"
