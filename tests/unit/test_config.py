@@ -95,7 +95,7 @@ def test_optional_keys_may_be_left_out(tmp_path):
     (lambda d: d.update(keep_releases=2.5), "key 'keep_releases' must be an integer"),
     (lambda d: d.update(deploy_to="/"), "key 'deploy_to' must not be the filesystem root"),
     (lambda d: d.update(deploy_to="/usr/.."), "key 'deploy_to' must not be the filesystem root"),
-    (lambda d: d.update(deploy_to="/etc/hostname"), "exists and is not a directory"),
+    (lambda d: d.update(deploy_to=str(REPO_ROOT / "README.md")), "exists and is not a directory"),
     (lambda d: d.update(shared_dirs=["venv"]), "'shared_dirs' entry 'venv' is not allowed"),
     (lambda d: d.update(shared_dirs=["staticfiles"]), "'shared_dirs' entry 'staticfiles' is not allowed"),
     (lambda d: d.update(shared_dirs=["RELEASE.json"]), "'shared_dirs' entry 'RELEASE.json' is not allowed"),
