@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the operation failed (the live site was left as it was 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shlex
 import sys
@@ -15,7 +16,7 @@ from contextlib import nullcontext
 
 import click
 
-from deployer import __version__, signals
+from deployer import __version__, releases, signals
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
 from deployer.commands import deploy as deploy_cmd
@@ -25,7 +26,7 @@ from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
 from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
-from deployer.errors import DeployError, OperationFailed
+from deployer.errors import BadInput, DeployError, OperationFailed, shown
 from deployer.lock import deploy_lock
 from deployer.paths import Paths
 
@@ -99,8 +100,58 @@ def _run_locked(session: Session, wait: float, command_main, *args) -> None:
         command_main(config, paths, *args)
 
 
+def _option(param: click.Parameter | None) -> str:
+    return param.opts[0] if param is not None and param.opts else "value"
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds >= 0 (`nan` or `inf` would wait forever)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise BadInput(f"{_option(param)} takes a number of seconds, got {shown(str(value))}") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise BadInput(f"{_option(param)} must be a finite number of seconds >= 0, got {shown(str(value))}")
+        return seconds
+
+
+class Count(click.ParamType):
+    """A whole number >= 1."""
+
+    name = "count"
+
+    def convert(self, value, param, ctx) -> int:
+        text = str(value).strip()
+        try:
+            if not (text.lstrip("+-").isdecimal() and text.isascii()):
+                raise ValueError(text)
+            number = int(text)
+        except ValueError:  # not a number, or more digits than int() converts
+            raise BadInput(f"{_option(param)} takes a whole number, got {shown(str(value))}") from None
+        if number < 1:
+            raise BadInput(f"{_option(param)} must be at least 1, got {number}")
+        return number
+
+
+class ShaPrefix(click.ParamType):
+    """A release's sha or a prefix of one (the release itself is looked up later)."""
+
+    name = "sha"
+
+    def convert(self, value, param, ctx) -> str:
+        if not str(value).strip():
+            raise BadInput(f"{_option(param)} was given an empty sha", hint="name a release from `deployer list`, or leave the option out")
+        return releases.validate_prefix(str(value))
+
+
+# Errors in these types raise BadInput inside DeployerGroup.invoke (click parses a subcommand's
+# options there), so they end as one `deployer: error:` line with exit 2.
 wait_option = click.option(
-    "--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+    "--wait", type=Seconds(), default=0, metavar="SECONDS",
     help="Wait up to SECONDS for another deploy's lock instead of failing with exit 3.",
 )
 
@@ -149,7 +200,7 @@ def deploy(session: Session, commit: str, wait: float) -> None:
 
 
 @main.command()
-@click.option("--to", "to", metavar="SHA", help="Roll back to this release instead of the previous one.")
+@click.option("--to", "to", type=ShaPrefix(), metavar="SHA", help="Roll back to this release instead of the previous one.")
 @click.option("--migrate", is_flag=True, help="Unapply migrations the target does not know (after a backup).")
 @click.option("--force", is_flag=True, help="Switch even though the database has migrations the target does not know.")
 @wait_option
@@ -157,12 +208,12 @@ def deploy(session: Session, commit: str, wait: float) -> None:
 def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait: float) -> None:
     """Make the previously live release live again (from history)."""
     if migrate and force:
-        raise click.UsageError("--migrate and --force exclude each other")
+        raise BadInput("--migrate and --force exclude each other", hint="pass one of them")
     _run_locked(session, wait, rollback_cmd.main, to, migrate, force)
 
 
 @main.command()
-@click.option("--keep", type=int, default=None, metavar="N", help="Releases to keep (default: keep_releases from the config).")
+@click.option("--keep", type=Count(), default=None, metavar="N", help="Releases to keep (default: keep_releases from the config).")
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 @wait_option
 @click.pass_obj

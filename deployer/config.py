@@ -1,20 +1,36 @@
 """Load and validate releases.yml (DESIGN §4).
 
 Unknown keys, wrong types and missing required keys are errors that name the key and the file.
+Everything is checked here, at load, so that a bad value is exit 2 before anything happens
+rather than a failure halfway through a deploy.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+import re
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from deployer.errors import BadInput
+from deployer.errors import BadInput, one_line, shown
+from deployer.proc import split_command
+from deployer.releases import BUILD_OUTPUTS
 
 DEFAULT_CONFIG = "releases.yml"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,14 @@ class DjangoConfig:
 class ServiceConfig:
     restart: str
     is_active: str | None = None
+
+    @property
+    def restart_argv(self) -> list[str]:
+        return split_command(self.restart)
+
+    @property
+    def is_active_argv(self) -> list[str] | None:
+        return split_command(self.is_active) if self.is_active else None
 
 
 @dataclass(frozen=True)
@@ -88,28 +112,84 @@ _TOP = {
     "install": (_INSTALL, False),
     "smoke": (_SMOKE, True),
 }
+# Commands are split like a shell would split them, so line breaks and tabs are only spaces there.
+_WHITESPACE_ALLOWED = {"service.restart", "service.is_active"}
 
 
 def config_path(explicit: str | None) -> Path:
     """--config, else $DEPLOYER_CONFIG, else ./releases.yml."""
+    if explicit is not None and not explicit.strip():
+        raise BadInput("--config was given an empty file name", hint="pass --config FILE, or leave it out")
     return Path(explicit or os.environ.get("DEPLOYER_CONFIG") or DEFAULT_CONFIG)
 
 
 def load_config(path: Path) -> Config:
+    text = _read(path)
     try:
-        text = path.read_text()
+        raw = _parse(text, path)
+        return _build(_validate(raw, _TOP, path, prefix=""), path)
+    except BadInput:
+        raise
+    except RecursionError:
+        raise BadInput(f"{path}: nested too deeply to be a deployer config") from None
+    except Exception as exc:
+        # Whatever the YAML holds, a config that breaks the loader is bad configuration (exit 2),
+        # not a crash; `--debug` still shows where it broke.
+        raise BadInput(f"{path}: cannot be loaded: {type(exc).__name__}: {exc}", hint="check the file; --debug shows where it failed") from exc
+
+
+def _read(path: Path) -> str:
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"config file {path} is not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise BadInput(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"config file {path} not found", hint="pass --config FILE or set DEPLOYER_CONFIG") from None
     except OSError as exc:
-        raise BadInput(f"cannot read config file {path}: {exc.strerror}") from None
+        raise BadInput(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BadInput(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})", hint="save the file as UTF-8") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _value in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {shown(key_node.value)} appears twice", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def _parse(text: str, path: Path) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise BadInput(f"{path} line {line}: not valid YAML (unacceptable character {_codepoint(exc.character)})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    data = _validate(raw, _TOP, path, prefix="")
-    return _build(data, path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise BadInput(f"{path}{where}: not valid YAML ({one_line(problem)})") from None
+
+
+def _codepoint(character: Any) -> str:
+    return f"U+{character if isinstance(character, int) else ord(character):04X}"
+
+
+def _fail(path: Path, name: str, what: str) -> BadInput:
+    return BadInput(f"{path}: key '{name}' {what}")
 
 
 def _validate(raw: Any, schema: dict, path: Path, prefix: str) -> dict:
@@ -118,7 +198,7 @@ def _validate(raw: Any, schema: dict, path: Path, prefix: str) -> dict:
         raise BadInput(f"{path}: {where} must be a mapping")
     for key in raw:
         if key not in schema:
-            raise BadInput(f"{path}: unknown key '{prefix}{key}'")
+            raise BadInput(f"{path}: unknown key {shown(prefix + str(key))}")
     out = {}
     for key, (kind, required) in schema.items():
         name = f"{prefix}{key}"
@@ -132,15 +212,28 @@ def _validate(raw: Any, schema: dict, path: Path, prefix: str) -> dict:
             continue
         # bool is an int in Python; a YAML `true` is never a valid number here.
         if isinstance(value, bool) and kind is not bool:
-            raise BadInput(f"{path}: key '{name}' must be {_type_name(kind)}, not a boolean")
+            raise _fail(path, name, f"must be {_type_name(kind)}, not a boolean")
         if not isinstance(value, kind):
-            raise BadInput(f"{path}: key '{name}' must be {_type_name(kind)}, got {type(value).__name__}")
-        if kind is list and not all(isinstance(item, str) for item in value):
-            raise BadInput(f"{path}: key '{name}' must be a list of strings")
-        if kind is str and not value.strip():
-            raise BadInput(f"{path}: key '{name}' must not be empty")
+            raise _fail(path, name, f"must be {_type_name(kind)}, got {type(value).__name__}")
+        if kind is list:
+            if not all(isinstance(item, str) for item in value):
+                raise _fail(path, name, "must be a list of strings")
+            for item in value:
+                _check_text(path, name, item)
+        if kind is str:
+            _check_text(path, name, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _fail(path, name, f"must be a finite number, got {value}")
         out[key] = value
     return out
+
+
+def _check_text(path: Path, name: str, value: str) -> None:
+    if not value.strip():
+        raise _fail(path, name, "must not be empty")
+    allowed = "\t\n\r" if name in _WHITESPACE_ALLOWED else ""
+    if any(not ch.isprintable() and ch != " " and ch not in allowed for ch in value):
+        raise _fail(path, name, f"must not contain control characters: {shown(value)}")
 
 
 def _type_name(kind: Any) -> str:
@@ -163,22 +256,25 @@ def _build(data: dict, path: Path) -> Config:
 
     keep = data.get("keep_releases", 5)
     if keep < 1:
-        raise BadInput(f"{path}: key 'keep_releases' must be at least 1")
-    for name in data.get("shared_dirs", []):
-        if not _is_plain_name(name):
-            raise BadInput(f"{path}: key 'shared_dirs' entry '{name}' must be a plain directory name")
-    for name in data.get("required_env", []):
-        if not name.replace("_", "").isalnum() or name[0].isdigit():
-            raise BadInput(f"{path}: key 'required_env' entry '{name}' is not a variable name")
+        raise _fail(path, "keep_releases", "must be at least 1")
     django = data["django"]
-    for key in ("project_dir", "requirements"):
-        if os.path.isabs(django[key]) or ".." in Path(django[key]).parts:
-            raise BadInput(f"{path}: key 'django.{key}' must be a path inside the repository")
+    _check_django(path, django)
+    _check_shared_dirs(path, data.get("shared_dirs", []), django)
+    for name in data.get("required_env", []):
+        if not _VARIABLE.fullmatch(name):
+            raise BadInput(f"{path}: key 'required_env' entry {shown(name)} is not a variable name")
+    for key, command in data["service"].items():
+        try:
+            split_command(command)
+        except BadInput as exc:
+            raise _fail(path, f"service.{key}", f"is not a usable command: {exc.message}") from None
     smoke = data["smoke"]
-    if not smoke["url"].startswith(("http://", "https://")):
-        raise BadInput(f"{path}: key 'smoke.url' must start with http:// or https://")
-    if smoke.get("timeout", 30) <= 0:
-        raise BadInput(f"{path}: key 'smoke.timeout' must be positive")
+    _check_smoke(path, smoke, resolve)
+    deploy_to = resolve(data["deploy_to"])
+    if deploy_to == Path(deploy_to.anchor):
+        raise _fail(path, "deploy_to", f"must not be the filesystem root ({shown(data['deploy_to'])} resolves to {deploy_to})")
+    if deploy_to.exists() and not deploy_to.is_dir():
+        raise _fail(path, "deploy_to", f"names {deploy_to}, which exists and is not a directory")
     install = data.get("install", {})
     repo = data["repo"]
     if "://" not in repo and not _looks_like_scp(repo):
@@ -187,7 +283,7 @@ def _build(data: dict, path: Path) -> Config:
         path=path.resolve(),
         app=data["app"],
         repo=repo,
-        deploy_to=resolve(data["deploy_to"]),
+        deploy_to=deploy_to,
         python=data["python"],
         keep_releases=keep,
         django=DjangoConfig(**django),
@@ -210,8 +306,94 @@ def _build(data: dict, path: Path) -> Config:
     )
 
 
-def _is_plain_name(name: str) -> bool:
-    return bool(name) and "/" not in name and name not in (".", "..") and not name.startswith(".")
+def _check_django(path: Path, django: dict) -> None:
+    for key in ("project_dir", "requirements"):
+        value = PurePosixPath(django[key])
+        if value.is_absolute() or ".." in value.parts:
+            raise _fail(path, f"django.{key}", "must be a path inside the repository")
+        if value.parts and value.parts[0] in BUILD_OUTPUTS:
+            raise _fail(path, f"django.{key}", f"must not be inside '{value.parts[0]}', which the build makes")
+    if not _MODULE.fullmatch(django["settings"]):
+        raise _fail(path, "django.settings", f"must be a dotted module name, got {shown(django['settings'])}")
+
+
+def _first_component(value: str) -> str | None:
+    parts = PurePosixPath(value).parts
+    return parts[0] if parts else None
+
+
+def _check_shared_dirs(path: Path, names: list[str], django: dict) -> None:
+    # The build makes these names, or the exported tree needs them: a shared dir there would
+    # replace them with a symlink into shared/ (and fail late, after shared/<name> was made).
+    taken = {
+        **{name: "the build makes it" for name in BUILD_OUTPUTS},
+        _first_component(django["project_dir"]): "django.project_dir lives there",
+        _first_component(django["requirements"]): "django.requirements lives there",
+    }
+    seen = set()
+    for name in names:
+        if not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+            raise BadInput(f"{path}: key 'shared_dirs' entry {shown(name)} must be a plain directory name")
+        if name in seen:
+            raise BadInput(f"{path}: key 'shared_dirs' lists {shown(name)} twice")
+        seen.add(name)
+        if name in taken:
+            raise BadInput(f"{path}: key 'shared_dirs' entry {shown(name)} is not allowed: {taken[name]}")
+
+
+def _check_smoke(path: Path, smoke: dict, resolve) -> None:
+    problem = _url_problem(smoke["url"])
+    if problem:
+        raise _fail(path, "smoke.url", f"{problem}, got {shown(smoke['url'])}")
+    address = smoke.get("resolve")
+    if address is not None and not _is_host(address):
+        raise _fail(path, "smoke.resolve", f"must be an IP address or a host name, got {shown(address)}")
+    if smoke.get("timeout", 30) <= 0:
+        raise _fail(path, "smoke.timeout", "must be positive")
+    if smoke.get("cacert"):
+        cacert = resolve(smoke["cacert"])
+        if not cacert.is_file() or not os.access(cacert, os.R_OK):
+            raise _fail(path, "smoke.cacert", f"names {cacert}, which is not a readable file")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be the smoke test's front door, or None."""
+    if not url.lower().startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if "@" in parts.netloc:
+        return "must not contain a user name or password"
+    if not parts.hostname:
+        return "has no host"
+    if not _is_host(parts.hostname):
+        return f"has an invalid host {shown(parts.hostname)}"
+    if port == 0:
+        return "has port 0"
+    if "?" in url or "#" in url:
+        return "must not have a query or a fragment"
+    return None
+
+
+def _is_host(text: str) -> bool:
+    """An IP address or a DNS host name."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    name = text[:-1] if text.endswith(".") else text
+    labels = name.split(".")
+    return (
+        0 < len(name) <= 253
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # 999.1.1.1 is a broken address, not a name
+    )
 
 
 def _looks_like_scp(repo: str) -> bool:

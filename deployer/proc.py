@@ -7,7 +7,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from deployer.errors import OperationFailed
+from deployer.errors import BadInput, OperationFailed, shown
 
 TAIL_LINES = 20
 
@@ -69,8 +69,17 @@ def _give_up_on(proc: subprocess.Popen) -> None:
 
 
 def split_command(command: str) -> list[str]:
-    """A configured command, split the way a shell would (DESIGN §4), run without one."""
-    return shlex.split(command)
+    """A configured command, split the way a shell would (DESIGN §4), run without one.
+    A command that cannot be split or names no program is bad input."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise BadInput(f"command {shown(command)} cannot be split like a shell would: {exc}") from None
+    if not argv or not argv[0]:
+        raise BadInput(f"command {shown(command)} names no program")
+    if any("\0" in arg for arg in argv):
+        raise BadInput(f"command {shown(command)} contains a NUL character")
+    return argv
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

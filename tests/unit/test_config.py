@@ -1,5 +1,6 @@
 """releases.yml validation: every mistake is exit 2 naming the key and the file (DESIGN §4)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,45 @@ def test_optional_keys_may_be_left_out(tmp_path):
     (lambda d: d["django"].update(project_dir="../../elsewhere"), "'django.project_dir' must be a path inside"),
     (lambda d: d.update(service="systemctl restart x"), "'service' must be a mapping"),
     (lambda d: d.update(python=""), "key 'python' must not be empty"),
+    (lambda d: d["service"].update(restart="/path/restart.sh 'oops"), "key 'service.restart' is not a usable command"),
+    (lambda d: d["service"].update(is_active='systemctl is-active "x'), "key 'service.is_active' is not a usable command"),
+    (lambda d: d["service"].update(restart="''"), "names no program"),
+    (lambda d: d["smoke"].update(url="http://127.0.0.1:99999"), "key 'smoke.url' is not a valid URL"),
+    (lambda d: d["smoke"].update(url="http://127.0.0.1:0"), "key 'smoke.url' has port 0"),
+    (lambda d: d["smoke"].update(url="http://"), "key 'smoke.url' has no host"),
+    (lambda d: d["smoke"].update(url="https://:443/"), "key 'smoke.url' has no host"),
+    (lambda d: d["smoke"].update(url="https://bad_host!/"), "key 'smoke.url' has an invalid host"),
+    (lambda d: d["smoke"].update(url="https://user:secret@skinmenu.example.com"), "must not contain a user name"),
+    (lambda d: d["smoke"].update(url="https://skinmenu.example.com/?a=1"), "must not have a query or a fragment"),
+    (lambda d: d["smoke"].update(url="https://skinmenu.example.com/#top"), "must not have a query or a fragment"),
+    (lambda d: d["smoke"].update(url="https://skin menu.example.com"), "must not contain spaces"),
+    (lambda d: d["smoke"].update(url="ftp://skinmenu.example.com"), "must start with http"),
+    (lambda d: d["smoke"].update(resolve="127.0.0.1:443"), "key 'smoke.resolve' must be an IP address or a host name"),
+    (lambda d: d["smoke"].update(resolve="999.1.1.1"), "key 'smoke.resolve' must be an IP address or a host name"),
+    (lambda d: d["smoke"].update(cacert="no-such-ca.pem"), "key 'smoke.cacert' names"),
+    (lambda d: d["smoke"].update(timeout=float("nan")), "key 'smoke.timeout' must be a finite number"),
+    (lambda d: d["smoke"].update(timeout=float("inf")), "key 'smoke.timeout' must be a finite number"),
+    (lambda d: d["smoke"].update(timeout=0), "key 'smoke.timeout' must be positive"),
+    (lambda d: d.update(keep_releases=2.5), "key 'keep_releases' must be an integer"),
+    (lambda d: d.update(deploy_to="/"), "key 'deploy_to' must not be the filesystem root"),
+    (lambda d: d.update(deploy_to="/usr/.."), "key 'deploy_to' must not be the filesystem root"),
+    (lambda d: d.update(deploy_to=str(REPO_ROOT / "README.md")), "exists and is not a directory"),
+    (lambda d: d.update(shared_dirs=["venv"]), "'shared_dirs' entry 'venv' is not allowed"),
+    (lambda d: d.update(shared_dirs=["staticfiles"]), "'shared_dirs' entry 'staticfiles' is not allowed"),
+    (lambda d: d.update(shared_dirs=["RELEASE.json"]), "'shared_dirs' entry 'RELEASE.json' is not allowed"),
+    (lambda d: d.update(shared_dirs=["REVISION"]), "'shared_dirs' entry 'REVISION' is not allowed"),
+    (lambda d: d.update(shared_dirs=["app"]), "'shared_dirs' entry 'app' is not allowed"),
+    (lambda d: d.update(shared_dirs=["media", "media"]), "key 'shared_dirs' lists 'media' twice"),
+    (lambda d: d.update(shared_dirs=["media/uploads"]), "must be a plain directory name"),
+    (lambda d: d.update(shared_dirs=[".hidden"]), "must be a plain directory name"),
+    (lambda d: d.update(shared_dirs=[""]), "key 'shared_dirs' must not be empty"),
+    (lambda d: d.update(required_env=["1ST"]), "'required_env' entry '1ST' is not a variable name"),
+    (lambda d: d.update(required_env=["CAF\u00c9"]), "is not a variable name"),
+    (lambda d: d["django"].update(settings="config/settings/production"), "'django.settings' must be a dotted module name"),
+    (lambda d: d["django"].update(project_dir="venv/app"), "'django.project_dir' must not be inside 'venv'"),
+    (lambda d: d.update(app="skin\x00menu"), "key 'app' must not contain control characters"),
+    (lambda d: d.update(deploy_to="/home/deploy\n"), "key 'deploy_to' must not contain control characters"),
+    (lambda d: d.update({"a\nb": 1}), "unknown key 'a\\nb'"),
 ])
 def test_a_broken_config_names_the_key_and_the_file(tmp_path, mutate, message):
     data = valid()
@@ -118,3 +158,53 @@ def test_every_command_has_help():
 def test_usage_errors_exit_2():
     assert CliRunner().invoke(main, ["release"]).exit_code == 2
     assert CliRunner().invoke(main, ["no-such-command"]).exit_code == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"app: skin\xffmenu\n", "line 1: not UTF-8 text"),
+    ("app: " + "[" * 20000, "nested too deeply"),
+    ("app: " + "{" * 20000, "nested too deeply"),
+    ("app: x\nrepo: \x07\n", "line 2: not valid YAML (unacceptable character U+0007)"),
+    ("app: x\napp: y\n", "line 2: not valid YAML (key 'app' appears twice)"),
+    ("app: !!python/object:os.system x\n", "not valid YAML"),
+    ("keep_releases: " + "9" * 5000 + "\n", "cannot be loaded: ValueError"),
+])
+def test_a_config_that_is_not_yaml_we_can_read_is_one_line_of_bad_input(tmp_path, content, message):
+    path = tmp_path / "releases.yml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(BadInput) as excinfo:
+        load_config(path)
+    assert message in excinfo.value.message
+    assert str(path) in excinfo.value.message
+    assert "\n" not in excinfo.value.message
+
+
+def test_a_config_file_that_is_a_directory_or_a_fifo_is_refused(tmp_path):
+    fifo = tmp_path / "fifo.yml"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo):
+        with pytest.raises(BadInput, match="not a regular file"):
+            load_config(path)
+
+
+def test_service_commands_are_split_like_a_shell_would(tmp_path):
+    data = valid()
+    data["service"]["restart"] = "sudo -n '/usr/local/bin/restart site' --now"
+    config = load_config(write(tmp_path, data))
+    assert config.service.restart_argv == ["sudo", "-n", "/usr/local/bin/restart site", "--now"]
+    assert config.service.restart == data["service"]["restart"]
+
+
+def test_a_readable_cacert_and_an_ipv6_front_door_are_accepted(tmp_path):
+    (tmp_path / "ca.pem").write_text("not checked here\n")
+    data = valid()
+    data["smoke"].update(url="https://[::1]:8443/", resolve="::1", cacert="ca.pem")
+    config = load_config(write(tmp_path, data))
+    assert config.smoke.cacert == tmp_path / "ca.pem"
+    assert config.smoke.url == "https://[::1]:8443"
+
+
+def test_an_empty_config_option_is_bad_input_not_the_default_file():
+    result = CliRunner().invoke(main, ["--config", "", "list"])
+    assert result.exit_code == 2
+    assert "empty file name" in result.output
