@@ -55,6 +55,7 @@ def go_live(
     """Migrate, switch, restart, smoke test, record. From the first change on, ANY failure
     (an unexpected exception, Ctrl-C, SIGTERM) puts back what was changed before it is reported:
     exit 1 always means the live site was left as it was or put back (docs/design.md §3)."""
+    service.require_restart_program(config)
     stage = SCHEMA
     backup = None
     try:

@@ -11,7 +11,7 @@ from deployer import envfile, git, releases, service, venv
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
-from deployer.proc import run, split_command
+from deployer.proc import run
 
 
 def _deploy_root(config: Config, paths: Paths) -> str:
@@ -72,9 +72,7 @@ def _live(config: Config, paths: Paths) -> str:
 
 
 def _service(config: Config, paths: Paths) -> str:
-    argv = split_command(config.service.restart)
-    if not shutil.which(argv[0]):
-        raise OperationFailed(f"service.restart: command not found: {argv[0]}")
+    service.require_restart_program(config)
     if config.service.is_active:
         active = service.state(config) == "active"
         return "service is active" if active else "service is not active (a first deploy starts it)"

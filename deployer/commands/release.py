@@ -91,12 +91,12 @@ def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:
         venv.compile_tree(tmp / "venv", tmp / config.django.project_dir)
 
     with progress.step("link shared dirs"):
+        clashing = [name for name in config.shared_dirs if (tmp / name).exists() or (tmp / name).is_symlink()]
+        if clashing:
+            raise OperationFailed(f"the commit has its own '{clashing[0]}', which shared_dirs would replace")
         for name in config.shared_dirs:
             (paths.shared / name).mkdir(parents=True, exist_ok=True)
-            link = tmp / name
-            if link.exists() or link.is_symlink():
-                raise OperationFailed(f"the commit has its own '{name}', which shared_dirs would replace")
-            os.symlink(os.path.join("..", "..", "shared", name), link)
+            os.symlink(os.path.join("..", "..", "shared", name), tmp / name)
 
     staticfiles = tmp / "staticfiles"
     staticfiles.mkdir()

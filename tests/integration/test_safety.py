@@ -61,22 +61,23 @@ def test_an_operator_interrupting_the_restart_gets_the_previous_release_back(dep
     assert "failed-smoke" not in deployment.ok("list").stdout  # an interrupt says nothing about the release
 
 
-def test_a_restart_program_that_cannot_run_still_leaves_current_on_the_previous_release(deployment, source_repo):
+def test_a_restart_program_that_cannot_run_is_refused_before_anything_changes(deployment, source_repo):
     deployment.ok("deploy", "base")
     second = deployment.release("second")
     script = deployment.root / "restart.sh"
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o644)  # no execute bit
     deployment.write_config(service={"restart": str(script)})
+    entries = len(deployment.history())
 
     result = deployment.deployer("activate", second)
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     last = one_error_line(result)
-    assert "restart.sh" in last and "Permission denied" in last
+    assert "restart.sh" in last and "not executable" in last
     assert deployment.current == source_repo.sha("base")
-    assert deployment.healthz()["release"] == source_repo.sha("base")  # never restarted
-    assert deployment.history()[-1]["to"] == second and deployment.history()[-1]["result"] != "ok"
+    assert deployment.healthz()["release"] == source_repo.sha("base")
+    assert len(deployment.history()) == entries
 
 
 # --- B: migrations and the switch-back --------------------------------------------------------
