@@ -1,4 +1,4 @@
-"""The `deployer` command line (DESIGN §3). Commands live in deployer/commands/, one per module.
+"""The `deployer` command line (docs/design.md §3). Commands live in deployer/commands/, one per module.
 
 Exit codes: 0 success; 1 the operation failed (the live site was left as it was or put back);
 2 bad input or configuration; 3 another deploy holds the lock.

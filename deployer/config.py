@@ -1,4 +1,4 @@
-"""Load and validate releases.yml (DESIGN §4).
+"""Load and validate releases.yml (docs/design.md §4).
 
 Unknown keys, wrong types and missing required keys are errors that name the key and the file.
 Everything is checked here, at load, so that a bad value is exit 2 before anything happens

@@ -1,4 +1,4 @@
-"""The env file with the site's secrets (DESIGN §5.5): systemd EnvironmentFile syntax.
+"""The env file with the site's secrets (docs/design.md §5.5): systemd EnvironmentFile syntax.
 
 Its values are handed to Django processes and never printed, logged or written anywhere else:
 every error here names the file and a line number, never a value.

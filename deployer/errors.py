@@ -1,4 +1,4 @@
-"""Expected failures, each with the exit code of DESIGN §3."""
+"""Expected failures, each with the exit code of docs/design.md §3."""
 
 from __future__ import annotations
 

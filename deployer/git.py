@@ -1,4 +1,4 @@
-"""The bare mirror in deploy_to/repo and everything read from it (DESIGN §5.1–§5.3)."""
+"""The bare mirror in deploy_to/repo and everything read from it (docs/design.md §5.1–§5.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""state/history.jsonl: one JSON line per activation, append-only and fsynced (DESIGN §6.6).
+"""state/history.jsonl: one JSON line per activation, append-only and fsynced (docs/design.md §6.6).
 
 `list`, `status` and `rollback` derive everything from it: what is live, what was live before,
 which releases failed their smoke test.

@@ -1,4 +1,4 @@
-"""The SQLite database's migration state, read directly, and online backups (DESIGN §6.2, §7)."""
+"""The SQLite database's migration state, read directly, and online backups (docs/design.md §6.2, §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The deploy_to layout of DESIGN §1, and the few filesystem primitives built on it."""
+"""The deploy_to layout of docs/design.md §1, and the few filesystem primitives built on it."""
 
 from __future__ import annotations
 

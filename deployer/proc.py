@@ -69,7 +69,7 @@ def _give_up_on(proc: subprocess.Popen) -> None:
 
 
 def split_command(command: str) -> list[str]:
-    """A configured command, split the way a shell would (DESIGN §4), run without one.
+    """A configured command, split the way a shell would (docs/design.md §4), run without one.
     A command that cannot be split or names no program is bad input."""
     try:
         argv = shlex.split(command)

@@ -1,4 +1,4 @@
-"""The app service, driven by the configured plain commands (DESIGN §4, §6.4)."""
+"""The app service, driven by the configured plain commands (docs/design.md §4, §6.4)."""
 
 from __future__ import annotations
 

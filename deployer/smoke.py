@@ -1,4 +1,4 @@
-"""The production-real smoke test (DESIGN §9): through the front door, Host and SNI intact.
+"""The production-real smoke test (docs/design.md §9): through the front door, Host and SNI intact.
 
 Connections go to `smoke.resolve` when set (curl --resolve semantics): TLS is negotiated for the
 URL's host name and the certificate checked against it, and the Host header names it too.

@@ -1,4 +1,4 @@
-"""Static files across releases (DESIGN §5.7): keep the old release's hashed assets reachable."""
+"""Static files across releases (docs/design.md §5.7): keep the old release's hashed assets reachable."""
 
 from __future__ import annotations
 

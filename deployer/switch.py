@@ -1,4 +1,4 @@
-"""Swapping `current` in one rename(2) (DESIGN §6.3)."""
+"""Swapping `current` in one rename(2) (docs/design.md §6.3)."""
 
 from __future__ import annotations
 

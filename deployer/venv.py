@@ -1,4 +1,4 @@
-"""Release virtualenvs built with uv (DESIGN §5.4).
+"""Release virtualenvs built with uv (docs/design.md §5.4).
 
 uv's cache lives on the releases' filesystem and installs by hardlink, so an unchanged lock costs
 well under a second; when the previous release has the same requirements and interpreter, its

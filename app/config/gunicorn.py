@@ -34,7 +34,7 @@ worker_class = "sync"
 # Import the app in the arbiter before forking: a release that cannot import (bad settings,
 # a missing env variable, a broken dependency) fails at start instead of crash-looping
 # workers, and systemd (Type=notify) sees the failure. It also means a code change needs a
-# full restart, never a HUP, which is what the deployer does anyway (DESIGN §6).
+# full restart, never a HUP, which is what the deployer does anyway (docs/design.md §6).
 preload_app = True
 
 # A request may take at most 30 s before its worker is killed and replaced.

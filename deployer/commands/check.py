@@ -1,4 +1,4 @@
-"""`deployer check`: preflight that changes nothing (DESIGN §3)."""
+"""`deployer check`: preflight that changes nothing (docs/design.md §3)."""
 
 from __future__ import annotations
 

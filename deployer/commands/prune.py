@@ -1,4 +1,4 @@
-"""`deployer prune --keep N`: delete old releases, never a needed one (DESIGN §8)."""
+"""`deployer prune --keep N`: delete old releases, never a needed one (docs/design.md §8)."""
 
 from __future__ import annotations
 

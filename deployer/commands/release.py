@@ -1,4 +1,4 @@
-"""`deployer release <commit-ish>`: build releases/<sha> off to the side (DESIGN §5)."""
+"""`deployer release <commit-ish>`: build releases/<sha> off to the side (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The operator's story on the production topology (DESIGN §12, issue 4).
+"""The operator's story on the production topology (docs/design.md §12, issue 4).
 
 One booted Debian container, set up by running docs/server-guide.md (conftest.py `server`).
 The tests run in order and each builds on the previous one, like the life of a real server:

@@ -1,5 +1,5 @@
 """A full disk: the build fails with one clear line, leaves no temp dir, and the live release
-keeps serving (DESIGN §5: any failure changes nothing)."""
+keeps serving (docs/design.md §5: any failure changes nothing)."""
 
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""release: build a commit into releases/<sha>, off to the side (DESIGN §5)."""
+"""release: build a commit into releases/<sha>, off to the side (docs/design.md §5)."""
 
 import json
 import os
@@ -19,8 +19,8 @@ def test_release_builds_a_complete_release_and_prints_its_sha(deployment, source
     assert (release / "app" / "manage.py").is_file()
     assert not (release / ".git").exists()  # git archive, never a checkout
     assert (release / "venv" / "bin" / "python").exists()
-    assert os.readlink(release / "db") == "../../shared/db"
-    assert os.readlink(release / "media") == "../../shared/media"
+    assert os.readlink(release / "db") == os.path.join("..", "..", "shared", "db")
+    assert os.readlink(release / "media") == os.path.join("..", "..", "shared", "media")
     manifest = json.loads((release / "staticfiles" / "staticfiles.json").read_text())
     assert (release / "staticfiles" / manifest["paths"]["css/site.css"]).is_file()
     assert ["treatments", "0001_initial"] in meta["migrations"]["leaves"]

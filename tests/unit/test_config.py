@@ -1,4 +1,4 @@
-"""releases.yml validation: every mistake is exit 2 naming the key and the file (DESIGN §4)."""
+"""releases.yml validation: every mistake is exit 2 naming the key and the file (docs/design.md §4)."""
 
 import os
 from pathlib import Path

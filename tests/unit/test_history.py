@@ -1,4 +1,4 @@
-"""history.jsonl: what was live, what a rollback goes to, which releases failed (DESIGN §6.6, §7)."""
+"""history.jsonl: what was live, what a rollback goes to, which releases failed (docs/design.md §6.6, §7)."""
 
 from pathlib import Path
 

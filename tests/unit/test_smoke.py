@@ -1,4 +1,4 @@
-"""The smoke test speaks to the front door with curl --resolve semantics (DESIGN §9): it connects
+"""The smoke test speaks to the front door with curl --resolve semantics (docs/design.md §9): it connects
 to `resolve`, but TLS (SNI, certificate check) and the Host header use the real domain.
 
 A real TLS server on 127.0.0.1 with a certificate from a throwaway CA stands in for nginx."""

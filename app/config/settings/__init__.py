@@ -1,4 +1,4 @@
-"""Settings layers (DESIGN §10).
+"""Settings layers (docs/design.md §10).
 
 base.py        shared and safe: DEBUG off, a placeholder secret key production refuses
 dev.py         local work: DEBUG on, works with no environment at all

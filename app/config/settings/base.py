@@ -3,7 +3,7 @@
 DEBUG is off and SECRET_KEY is a placeholder that the production layer refuses. dev.py and
 production.py build on this module and then load local.py (the environment) last.
 
-Paths (DESIGN §1, §10). In a deployed release this file lives at
+Paths (docs/design.md §1, §10). In a deployed release this file lives at
 /home/deploy/releases/<sha>/app/config/settings/base.py, so
 
     APP_DIR       /home/deploy/releases/<sha>/app     (where manage.py is)
@@ -83,7 +83,7 @@ TEMPLATES = [
     },
 ]
 
-# SQLite (DESIGN §10): WAL so readers never block the writer, synchronous=NORMAL (safe with
+# SQLite (docs/design.md §10): WAL so readers never block the writer, synchronous=NORMAL (safe with
 # WAL, far fewer fsyncs), a 20 s busy timeout instead of "database is locked" under
 # concurrent workers, and IMMEDIATE transactions so a transaction takes the write lock when
 # it begins instead of failing when it upgrades from read to write (Django 5.1+ OPTIONS).
