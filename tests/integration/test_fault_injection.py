@@ -38,7 +38,6 @@ from pathlib import Path
 SEED = int(os.environ.get("DEPLOYER_FAULT_SEED", "20250611"))
 MIN_KILLS = 50
 STEP_RE = re.compile(r"\[\d+/\d+\] |^removing ", re.MULTILINE)
-STEP_LINE_RE = re.compile(r"(\[\d+/\d+\] [^.\n]*?) ?\.*(?: (?:ok|FAILED) [\d.]+s)?$")
 DRAIN_TIMEOUT = 120
 AFTERCARE = ("treatments", "0002_treatment_aftercare")
 
@@ -103,8 +102,8 @@ class Run:
         lines = [line for line in self.text.splitlines() if line.startswith(("[", "removing "))]
         if not lines:
             return "(before the first step)"
-        match = STEP_LINE_RE.match(lines[-1])
-        return match.group(1).strip() if match else lines[-1].strip()
+        name = re.sub(r" ?\.{2,}.*$| +(ok|FAILED) [\d.]+s$", "", lines[-1]).strip()
+        return f"{name} (just done)" if re.search(r" ok [\d.]+s$", lines[-1]) else name
 
     def last_line(self) -> str:
         lines = self.text.strip().splitlines()
@@ -232,14 +231,16 @@ class Point:
     step: str = ""
     after: float = 0.0
     seconds: float = 0.0
+    next: str = "the same command again"
     problems: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         who = "its process group" if self.whole_group else "the deployer alone"
         if not self.killed:
             return f"#{self.number} `deployer {self.command}` ran to the end before the kill (aimed {self.delay:.2f}s into {self.trigger})"
+        then = "" if self.next == "the same command again" else f"; then {self.next}"
         return (f"#{self.number} `deployer {self.command}` killed ({who}) {self.delay:.2f}s after '{self.trigger}', "
-                f"{self.after:.2f}s into the run, during '{self.step}'")
+                f"{self.after:.2f}s into the run, during '{self.step}'{then}")
 
     def line(self) -> str:
         return f"{self.describe()}  [{self.seconds:.1f}s{'; ' + str(len(self.problems)) + ' problem(s)' if self.problems else ''}]"
@@ -258,9 +259,11 @@ class FaultStory:
 
     # -- choosing points
     def learn(self, kind: str, run: Run) -> None:
+        # The longest seen: a re-run may skip a step's work (nothing left to migrate), and a
+        # kill aimed at a fraction of that would only ever hit the step's first instant.
         for name, seconds in run.spans().items():
-            self.typical[(kind, name)] = seconds
-            self.typical[("any", name)] = seconds
+            for key in ((kind, name), ("any", name)):
+                self.typical[key] = max(seconds, self.typical.get(key, 0.0))
 
     def choose(self, kind: str, triggers: list[str]) -> tuple[str, float, bool]:
         deck = self.decks.setdefault(kind, [])
@@ -302,9 +305,12 @@ class FaultStory:
         allowed = {before, target} - {None}
         problems += self.live_release_checks(before, allowed, torn_tail_ok=True)
 
-        again = self.run(kind, *args)
-        if again.proc.returncode != 0:
-            problems.append(f"running `deployer {point.command}` again exited {again.proc.returncode}: {again.last_line()}")
+        if args[0] == "rollback" and self.rollback_finished(target, problems):
+            point.next = "status (the rollback had finished)"
+        else:
+            again = self.run(kind, *args)
+            if again.proc.returncode != 0:
+                problems.append(f"running `deployer {point.command}` again exited {again.proc.returncode}: {again.last_line()}")
         expected = target or before
         if d.current != expected:
             problems.append(f"after the re-run current is {str(d.current)[:12]}, expected {expected[:12]}")
@@ -316,6 +322,16 @@ class FaultStory:
         point.seconds = time.monotonic() - run.started
         print(point.line(), flush=True)
         return point
+
+    def rollback_finished(self, target: str, problems: list[str]) -> bool:
+        """Rollback is not idempotent (a second one goes one release further back), so the operator
+        first asks `status` whether the killed one got to its end; only if not, runs it again."""
+        result = self.d.deployer("status", "--json")
+        if result.returncode != 0:
+            problems.append(f"`deployer status --json` exited {result.returncode}: {result.stderr.strip()[-200:]}")
+            return False
+        status = json.loads(result.stdout)
+        return status["current"] == target and status["activation_finished"] is True
 
     def live_release_checks(self, before: str | None, allowed: set[str], torn_tail_ok: bool) -> list[str]:
         d, problems = self.d, []
@@ -403,7 +419,9 @@ class FaultStory:
 
     def report(self) -> str:
         kills = sum(p.killed for p in self.points)
-        lines = [f"DEPLOYER_FAULT_SEED={SEED}: {len(self.points)} points, {kills} kills"]
+        lines = [f"DEPLOYER_FAULT_SEED={SEED}: {len(self.points)} points, {kills} kills, "
+                 f"{sum(bool(p.problems) for p in self.points)} with violations (the same seed replays the same "
+                 "points; where a kill lands within a step still depends on this machine's timing)"]
         broken = [p for p in self.points if p.problems]
         for point in broken:
             lines.append(point.describe())
@@ -419,8 +437,8 @@ RELEASE_STEPS = steps(8)
 ACTIVATE_STEPS = steps(6)
 PRUNE_DELETING = ["removing"]
 REFS = ("base", "visible", "second", "third", "migration")
-PLAIN_ROUNDS = 5
-MIGRATION_ROUNDS = 4
+PLAIN_ROUNDS = 4
+MIGRATION_ROUNDS = 6
 PRUNE_ROUNDS = 4
 
 
