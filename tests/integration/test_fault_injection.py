@@ -130,7 +130,10 @@ def wait_for_orphans(pgid: int) -> list[str]:
         if time.monotonic() > deadline:
             left = process_group_members(pgid)
             for pid in left:
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             return [f"orphaned children {left} were still running {DRAIN_TIMEOUT}s after the kill"]
         time.sleep(0.05)
     return []
@@ -211,13 +214,25 @@ def leftovers(deploy_to: Path) -> list[str]:
         if re.fullmatch(r"[0-9a-f]{40}", path.name):
             found += [f"incomplete release dir left behind: {issue}" for issue in release_problems(deploy_to, path.name)]
     for backup in sorted((deploy_to / "state" / "backups").glob("*.sqlite3")):
-        try:
-            ok = integrity(backup) == "ok" and applied(backup)
-        except sqlite3.Error:
-            ok = False
-        if not ok:
-            found.append(f"unusable database backup left: {backup.name}")
+        why = backup_problem(backup)
+        if why:
+            found.append(f"unusable database backup left: {backup.name} ({why})")
     return found
+
+
+def backup_problem(backup: Path) -> str | None:
+    """Why a file in state/backups could not restore the site (None: it could)."""
+    size = backup.stat().st_size
+    journal = [p.name[len(backup.name):] for p in backup.parent.glob(backup.name + "-*")]
+    try:
+        verdict = integrity(backup)
+        if verdict != "ok":
+            return f"{size} bytes, integrity_check: {verdict}"
+        if not applied(backup):
+            return f"{size} bytes, no applied migrations"
+    except sqlite3.Error as exc:
+        return f"{size} bytes{', with ' + '/'.join(journal) if journal else ''}: {exc}"
+    return None
 
 
 @dataclass
@@ -352,18 +367,31 @@ class FaultStory:
         problems += self.database_checks(live, exact=False)
         if issues:
             return problems
-        restart = subprocess.run(d.service_command("restart").split(), capture_output=True, text=True, timeout=180)
+        restart = self.reboot()
         if restart.returncode != 0:
-            problems.append(f"the service does not start from current after a restart: {restart.stderr.strip()[-300:]}")
+            problems.append(f"the service does not start from current after a reboot: {restart.stderr.strip()[-300:]}")
             return problems
         try:
             served = d.healthz()
         except OSError as exc:
-            problems.append(f"/healthz does not answer after a restart: {exc}")
+            problems.append(f"/healthz does not answer after a reboot: {exc}")
             return problems
         if served.get("release") != live:
-            problems.append(f"after a restart the site serves {served.get('release')!r}, current is {live[:12]}")
+            problems.append(f"after a reboot the site serves {served.get('release')!r}, current is {live[:12]}")
         return problems
+
+    def reboot(self) -> subprocess.CompletedProcess:
+        """What a reboot does to the service: every gunicorn of this deploy root dies, then the
+        service starts from `current`. (A group kill can catch scripts/local-service half-way
+        through a restart, leaving a gunicorn its pid file does not name; systemd would not.)"""
+        releases = os.path.realpath(self.d.deploy_to / "releases") + os.sep
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.readlink(entry / "cwd").startswith(releases):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+        return subprocess.run(self.d.service_command("restart").split(), capture_output=True, text=True, timeout=180)
 
     def database_checks(self, live: str, exact: bool, forced: bool = False) -> list[str]:
         db, problems = self.d.database, []
@@ -462,6 +490,8 @@ def test_kill_9_at_seeded_points_never_leaves_the_site_broken(deployment, source
 
     # A pending migration: activate `migration` from `visible`, then `rollback --migrate`.
     story.strike("activate", ACTIVATE_STEPS, ("activate", visible), target=visible)
+    story.ok("activate-migrate", "activate", migration)  # unkilled: how long migrating takes here
+    story.ok("rollback-migrate", "rollback", "--migrate")
     for _ in range(MIGRATION_ROUNDS):
         story.strike("activate-migrate", ACTIVATE_STEPS, ("activate", migration), target=migration)
         story.strike("rollback-migrate", ACTIVATE_STEPS, ("rollback", "--migrate"), target=visible)
