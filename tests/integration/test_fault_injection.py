@@ -103,6 +103,8 @@ class Run:
         lines = [line for line in self.text.splitlines() if line.startswith(("[", "removing "))]
         if not lines:
             return "(before the first step)"
+        if lines[-1].startswith("removing "):
+            return "deleting (prune lists every release it removes before the first deletion)"
         name = re.sub(r" ?\.{2,}.*$| +(ok|FAILED) [\d.]+s$", "", lines[-1]).strip()
         return f"{name} (just done)" if re.search(r" ok [\d.]+s$", lines[-1]) else name
 
