@@ -81,32 +81,41 @@ def unapply_targets(meta: dict, ahead: list[Migration]) -> list[tuple[str, str]]
 
 def backup(db: Path, backups: Path, label: str) -> Path | None:
     """Copy the live database with SQLite's online backup API (safe while the site writes).
-    The copy is created 0600 before a byte is written into it."""
+    The copy is made under a temporary name created 0600, then renamed: a kill never leaves a
+    partial file under a backup's name."""
     if not exists(db):
         return None
     backups.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in backups.glob(f".*{PARTIAL}"):  # left by a run killed mid-copy
+        stale.unlink(missing_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = _create_private(backups, f"{db.stem}-{stamp}-{label}")
+    target = _free_name(backups, f"{db.stem}-{stamp}-{label}")
+    partial = backups / f".{target.name}{PARTIAL}"
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
     try:
         src = sqlite3.connect(_read_only_uri(db), uri=True, timeout=30)
-        dst = sqlite3.connect(target)
+        dst = sqlite3.connect(partial)
         try:
             src.backup(dst)
         finally:
             dst.close()
             src.close()
+        os.rename(partial, target)
     except sqlite3.Error as exc:
-        target.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise OperationFailed(f"backup of {db} failed: {exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return target
 
 
-def _create_private(directory: Path, stem: str) -> Path:
+PARTIAL = ".partial"
+
+
+def _free_name(directory: Path, stem: str) -> Path:
     for attempt in range(1, 100):
         target = directory / (f"{stem}.sqlite3" if attempt == 1 else f"{stem}-{attempt}.sqlite3")
-        try:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        if not target.exists():
             return target
-        except FileExistsError:
-            continue
     raise OperationFailed(f"cannot find a free backup name for {stem} in {directory}")

@@ -5,17 +5,42 @@ One path for activate, rollback and the switch-back: migrations the database has
 release does not contain are "ahead" (they must be unapplied by code that knows them, or the
 operator must say --force); leaves of the release's graph the database lacks are "pending" (the
 release's own code applies them). A backup is taken before the first change.
+
+The order keeps the live code and the schema compatible under a kill at any instant: pending
+migrations are applied *before* `current` moves (the old code runs on an added schema), ahead
+ones are unapplied *after* it moved (the newer code, still running until the restart, has its
+tables until then, and a kill leaves `current` on the release that matches the smaller schema).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 from deployer import django, migrations, releases
 from deployer.config import Config
 from deployer.errors import OperationFailed
 from deployer.paths import Paths
+
+Note = Callable[[str], None]
+
+
+@dataclass
+class Plan:
+    """What it takes to bring the database to release `sha`'s graph."""
+
+    sha: str
+    meta: dict
+    engine_known: bool = True  # False: not SQLite, `migrate` decides what is pending
+    ahead: list[migrations.Migration] = field(default_factory=list)
+    pending: list[migrations.Migration] = field(default_factory=list)
+    helper: str | None = None  # the release whose code unapplies `ahead`
+    empty: bool = True  # nothing applied yet (a first deploy): nothing worth a backup
+    backup: str | None = None
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.ahead or self.pending or not self.engine_known)
 
 
 def names(found: list[migrations.Migration]) -> str:
@@ -32,55 +57,66 @@ def matches(meta: dict) -> bool:
     return not migrations.unknown_to(meta, done) and not migrations.pending(meta, done)
 
 
-def bring_to(
-    config: Config,
-    paths: Paths,
-    env_values: dict[str, str],
-    sha: str,
-    meta: dict,
-    *,
-    unapply_with: str | None,
-    force: bool = False,
-    label: str,
-    note: Callable[[str], None],
-) -> str | None:
-    """Make the database match release `sha`'s graph. `unapply_with` names the release whose
-    code unapplies migrations the target does not know; None refuses them (unless `force`).
-    Returns the backup taken, if any. Nothing is changed when it refuses."""
+def plan(paths: Paths, sha: str, meta: dict, *, unapply_with: str | None, force: bool, note: Note) -> Plan:
+    """Read the database and decide. `unapply_with` names the release whose code may unapply
+    migrations the target does not know; None refuses them (unless `force`). Changes nothing."""
     db = migrations.database_path(meta)
-    env = django.environment(config, env_values, PYTHONDONTWRITEBYTECODE="1")
     if db is None:
         note("not SQLite: `migrate` decides what is pending")
-        _migrate(config, paths, env, sha, None)
-        return None
+        return Plan(sha, meta, engine_known=False)
     done = migrations.applied(db)
-    ahead = migrations.unknown_to(meta, done)
-    pending = migrations.pending(meta, done)
-    if ahead and force:
-        note(f"--force: leaving applied migrations {sha[:12]} does not contain: {names(ahead)}")
-        ahead = []
-    if ahead:
-        helper = _code_that_knows(paths, ahead, unapply_with)
-        if helper is None:
+    result = Plan(sha, meta, ahead=migrations.unknown_to(meta, done), pending=migrations.pending(meta, done),
+                  empty=not done)
+    if result.ahead and force:
+        note(f"--force: leaving applied migrations {sha[:12]} does not contain: {names(result.ahead)}")
+        result.ahead = []
+    if result.ahead:
+        result.helper = _code_that_knows(paths, result.ahead, unapply_with)
+        if result.helper is None:
             raise OperationFailed(
-                f"the database has migrations that {sha[:12]} does not contain: {names(ahead)}",
+                f"the database has migrations that {sha[:12]} does not contain: {names(result.ahead)}",
                 hint=f"`deployer rollback --to {sha[:12]} --migrate` unapplies them first (a backup is taken), "
                 "`--force` ignores them",
             )
-    if not ahead and not pending:
+    if not result.changes:
         note("the database already matches the release's migrations")
-        return None
-    backup = migrations.backup(db, paths.backups, label) if done else None
+    return result
+
+
+def back_up(paths: Paths, plan_: Plan, label: str, note: Note) -> None:
+    """A backup before the first change (none for an empty database: a first deploy)."""
+    db = migrations.database_path(plan_.meta)
+    if not plan_.changes or db is None or plan_.empty:
+        return
+    backup = migrations.backup(db, paths.backups, label)
     if backup:
+        plan_.backup = str(backup)
         note(f"database backed up to {backup}")
-    if ahead:
-        for app, target in migrations.unapply_targets(meta, ahead):
-            note(f"unapplying {app} back to {target} with {helper[:12]}'s code")
-            _run(config, paths, env, helper, backup, "migrate", app, target, "--noinput")
-    if pending:
-        note(f"applying {names(pending)} with {sha[:12]}'s code")
-        _migrate(config, paths, env, sha, backup)
-    return str(backup) if backup else None
+
+
+def apply_pending(config: Config, paths: Paths, env_values: dict[str, str], plan_: Plan, note: Note) -> None:
+    if plan_.pending:
+        note(f"applying {names(plan_.pending)} with {plan_.sha[:12]}'s code")
+    if plan_.pending or not plan_.engine_known:
+        _run(config, paths, env_values, plan_.sha, plan_.backup, "migrate", "--noinput")
+
+
+def unapply_ahead(config: Config, paths: Paths, env_values: dict[str, str], plan_: Plan, note: Note) -> None:
+    for app, target in migrations.unapply_targets(plan_.meta, plan_.ahead):
+        note(f"unapplying {app} back to {target} with {plan_.helper[:12]}'s code")
+        _run(config, paths, env_values, plan_.helper, plan_.backup, "migrate", app, target, "--noinput")
+
+
+def bring_to(
+    config: Config, paths: Paths, env_values: dict[str, str], sha: str, meta: dict,
+    *, unapply_with: str | None, label: str, note: Note,
+) -> str | None:
+    """All of it at once (a switch-back, where `current` already moved): returns the backup."""
+    plan_ = plan(paths, sha, meta, unapply_with=unapply_with, force=False, note=note)
+    back_up(paths, plan_, label, note)
+    unapply_ahead(config, paths, env_values, plan_, note)
+    apply_pending(config, paths, env_values, plan_, note)
+    return plan_.backup
 
 
 def _code_that_knows(paths: Paths, ahead: list[migrations.Migration], candidate: str | None) -> str | None:
@@ -96,11 +132,8 @@ def _code_that_knows(paths: Paths, ahead: list[migrations.Migration], candidate:
     return candidate
 
 
-def _migrate(config: Config, paths: Paths, env: dict[str, str], sha: str, backup: Path | None) -> None:
-    _run(config, paths, env, sha, backup, "migrate", "--noinput")
-
-
-def _run(config: Config, paths: Paths, env: dict[str, str], sha: str, backup: Path | None, *args: str) -> None:
+def _run(config: Config, paths: Paths, env_values: dict[str, str], sha: str, backup: str | None, *args: str) -> None:
+    env = django.environment(config, env_values, PYTHONDONTWRITEBYTECODE="1")
     try:
         django.manage(config, paths.release(sha), env, *args, what=" ".join(args[:3]))
     except OperationFailed as exc:

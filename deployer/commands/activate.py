@@ -60,13 +60,20 @@ def go_live(
     backup = None
     try:
         with progress.step(schema_step):
-            backup = schema.bring_to(
-                config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
-                label=f"before-{action}-{sha[:12]}", note=progress.note,
-            )
+            plan = schema.plan(paths, sha, meta, unapply_with=unapply_with, force=force, note=progress.note)
+            schema.back_up(paths, plan, f"before-{action}-{sha[:12]}", progress.note)
+            backup = plan.backup
+            schema.apply_pending(config, paths, env_values, plan, progress.note)
         stage = SWITCH
         with progress.step(f"switch current to {sha[:12]}"):
             switch.point_current_at(paths, sha)
+        if unapply_with:
+            # After the switch: a kill from here on leaves `current` on the release that matches
+            # the smaller schema (docs/design.md §7).
+            with progress.step("unapply migrations"):
+                schema.unapply_ahead(config, paths, env_values, plan, progress.note)
+                if not plan.ahead:
+                    progress.note("nothing to unapply")
         stage = RESTART
         with progress.step("restart service"):
             service.restart(config)

@@ -7,7 +7,7 @@ import time
 from deployer import envfile, history, releases
 from deployer.commands.activate import STEPS, go_live
 from deployer.config import Config
-from deployer.errors import BadInput, OperationFailed
+from deployer.errors import OperationFailed
 from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
 
@@ -15,11 +15,12 @@ from deployer.steps import Progress, say
 def rollback(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> str:
     started = time.monotonic()
     entries = history.read(paths)
+    recorded = history.last_live(entries)
     live = current_sha(paths)
     if live is None and paths.current.is_symlink():
         # `current` dangles or points outside releases/: roll back from what history says was
         # live, never "back" to that same release.
-        live = history.last_live(entries)
+        live = recorded
         if live is None and to is None:
             raise OperationFailed(
                 f"{paths.current} does not point at a release and history records none",
@@ -27,29 +28,45 @@ def rollback(config: Config, paths: Paths, to: str | None, migrate: bool, force:
             )
         if live:
             say(f"current does not point at a release; rolling back from {live[:12]}, the last one recorded live")
-    if to is not None:
-        if not to:
-            raise BadInput("--to needs a sha or sha prefix, got an empty string")
-        target = releases.find(paths, to)
-    else:
-        target = history.rollback_target(entries, live)
-        if target is None:
-            raise OperationFailed("no release to roll back to: history has no earlier live release", hint="name one with --to SHA")
-    if target == current_sha(paths):
+    target, rolled_from = _target(paths, entries, to, live, recorded)
+    in_current = current_sha(paths)
+    if target == in_current and target == recorded:
         say(f"release {target[:12]} is already live; nothing to do")
         return target
+    if target == in_current:
+        say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
     env_values = envfile.load(config.env_file, config.required_env)
-    progress = Progress(STEPS)
+    progress = Progress(STEPS + (1 if migrate else 0))
     with progress.step(f"verify {target[:12]}"):
         meta = releases.require_complete(paths, target, config.shared_dirs)
     # The same migrate-if-pending path as activate: migrations the database has but the target
-    # does not know are refused (or unapplied with the live code, --migrate, or kept, --force);
-    # the target's own pending migrations are applied after a backup.
+    # does not know are refused (or unapplied with the code of the release rolled back from,
+    # --migrate, or kept, --force); the target's own pending migrations are applied after a backup.
+    previous = recorded if target == in_current else in_current
     go_live(
-        config, paths, progress, target, meta, current_sha(paths), "rollback", started, env_values,
-        schema_step="check migrations", unapply_with=live if migrate else None, force=force,
+        config, paths, progress, target, meta, previous, "rollback", started, env_values,
+        schema_step="check migrations", unapply_with=rolled_from if migrate else None, force=force,
     )
     return target
+
+
+def _target(paths: Paths, entries: list[dict], to: str | None, live: str | None, recorded: str | None) -> tuple[str, str | None]:
+    """The release to roll back to, and the one rolled back from (whose code knows what to unapply).
+
+    A run killed between its switch and its history line leaves `current` (live) ahead of the
+    history (recorded). If current is where a rollback from the recorded release goes, that
+    rollback is finished; otherwise current was an unfinished activation and the rollback goes
+    back to the recorded release. Rerunning a killed rollback never walks one release further."""
+    if to is not None:
+        return releases.find(paths, to), live
+    if live is not None and recorded is not None and live != recorded:
+        if live == history.rollback_target(entries, recorded):
+            return live, recorded
+        return recorded, live
+    target = history.rollback_target(entries, live)
+    if target is None:
+        raise OperationFailed("no release to roll back to: history has no earlier live release", hint="name one with --to SHA")
+    return target, live
 
 
 def main(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> None:

@@ -1,6 +1,6 @@
-"""kill -9 at seeded random points of every command that changes a deploy (DESIGN §5-§8).
+"""kill -9 at seeded random points of every command that changes a deploy (docs/design.md §5-§8).
 
-DESIGN §6: "at every instant, even under kill -9 at any point: `current` resolves to a complete
+docs/design.md §6: "at every instant, even under kill -9 at any point: `current` resolves to a complete
 release and the site serves it." This test drives the real CLI through one chained story on one
 deploy root (builds, plain activate and rollback, activate with a pending migration and
 `rollback --migrate`, deploys that build, prune while it deletes) and kills it at more than 50
