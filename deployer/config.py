@@ -68,6 +68,33 @@ class SmokeConfig:
     cacert: Path | None = None
     check_static: bool = True
     timeout: float = 30.0
+    paths: tuple[str, ...] = ("/",)  # extra paths that must answer 200 (docs/design.md §15)
+
+
+HOOK_POINTS = ("after_build", "before_switch", "after_live", "after_rollback", "on_failure")
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Operator commands at named points (docs/design.md §15): each split like a shell would."""
+
+    after_build: tuple[str, ...] = ()
+    before_switch: tuple[str, ...] = ()
+    after_live: tuple[str, ...] = ()
+    after_rollback: tuple[str, ...] = ()
+    on_failure: tuple[str, ...] = ()
+    timeout: float = 300.0
+
+    def at(self, point: str) -> tuple[str, ...]:
+        return getattr(self, point)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """A webhook whose URL is a secret: only the NAME of the env-file variable is configured."""
+
+    webhook_env: str
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,8 @@ class Config:
     required_env: tuple[str, ...] = ()
     shared_dirs: tuple[str, ...] = ()
     install: InstallConfig = field(default_factory=InstallConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    notify: NotifyConfig | None = None
 
 
 # key -> (type, required). Nested sections map to their own schema dicts.
@@ -97,7 +126,10 @@ _SMOKE = {
     "cacert": (str, False),
     "check_static": (bool, False),
     "timeout": ((int, float), False),
+    "paths": (list, False),
 }
+_HOOKS = {**{point: (list, False) for point in HOOK_POINTS}, "timeout": ((int, float), False)}
+_NOTIFY = {"webhook_env": (str, True), "timeout": ((int, float), False)}
 _TOP = {
     "app": (str, True),
     "repo": (str, True),
@@ -111,9 +143,11 @@ _TOP = {
     "service": (_SERVICE, True),
     "install": (_INSTALL, False),
     "smoke": (_SMOKE, True),
+    "hooks": (_HOOKS, False),
+    "notify": (_NOTIFY, False),
 }
 # Commands are split like a shell would split them, so line breaks and tabs are only spaces there.
-_WHITESPACE_ALLOWED = {"service.restart", "service.is_active"}
+_WHITESPACE_ALLOWED = {"service.restart", "service.is_active", *(f"hooks.{point}" for point in HOOK_POINTS)}
 
 
 def config_path(explicit: str | None) -> Path:
@@ -270,6 +304,10 @@ def _build(data: dict, path: Path) -> Config:
             raise _fail(path, f"service.{key}", f"is not a usable command: {exc.message}") from None
     smoke = data["smoke"]
     _check_smoke(path, smoke, resolve)
+    hooks = data.get("hooks", {})
+    _check_hooks(path, hooks)
+    notify = data.get("notify")
+    _check_notify(path, notify)
     deploy_to = resolve(data["deploy_to"])
     if deploy_to == Path(deploy_to.anchor):
         raise _fail(path, "deploy_to", f"must not be the filesystem root ({shown(data['deploy_to'])} resolves to {deploy_to})")
@@ -302,8 +340,34 @@ def _build(data: dict, path: Path) -> Config:
             cacert=resolve(smoke["cacert"]) if smoke.get("cacert") else None,
             check_static=smoke.get("check_static", True),
             timeout=float(smoke.get("timeout", 30)),
+            paths=tuple(smoke.get("paths", ["/"])),
         ),
+        hooks=HooksConfig(
+            **{point: tuple(hooks.get(point, [])) for point in HOOK_POINTS},
+            timeout=float(hooks.get("timeout", 300)),
+        ),
+        notify=NotifyConfig(notify["webhook_env"], float(notify.get("timeout", 5))) if notify else None,
     )
+
+
+def _check_hooks(path: Path, hooks: dict) -> None:
+    for point in HOOK_POINTS:
+        for command in hooks.get(point, []):
+            try:
+                split_command(command)
+            except BadInput as exc:
+                raise _fail(path, f"hooks.{point}", f"has an unusable command: {exc.message}") from None
+    if hooks.get("timeout", 300) <= 0:
+        raise _fail(path, "hooks.timeout", "must be positive")
+
+
+def _check_notify(path: Path, notify: dict | None) -> None:
+    if notify is None:
+        return
+    if not _VARIABLE.fullmatch(notify["webhook_env"]):
+        raise _fail(path, "notify.webhook_env", f"must name an env-file variable, got {shown(notify['webhook_env'])}")
+    if notify.get("timeout", 5) <= 0:
+        raise _fail(path, "notify.timeout", "must be positive")
 
 
 def _check_django(path: Path, django: dict) -> None:
@@ -350,6 +414,9 @@ def _check_smoke(path: Path, smoke: dict, resolve) -> None:
         raise _fail(path, "smoke.resolve", f"must be an IP address or a host name, got {shown(address)}")
     if smoke.get("timeout", 30) <= 0:
         raise _fail(path, "smoke.timeout", "must be positive")
+    for extra in smoke.get("paths", []):
+        if not extra.startswith("/") or extra.startswith("//") or any(ch.isspace() or ch == "#" for ch in extra):
+            raise _fail(path, "smoke.paths", f"entries must be absolute URL paths like /treatments/, got {shown(extra)}")
     if smoke.get("cacert"):
         cacert = resolve(smoke["cacert"])
         if not cacert.is_file() or not os.access(cacert, os.R_OK):
