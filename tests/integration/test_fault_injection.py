@@ -465,6 +465,7 @@ def steps(total: int) -> list[str]:
 
 RELEASE_STEPS = steps(8)
 ACTIVATE_STEPS = steps(6)
+ROLLBACK_MIGRATE_STEPS = steps(7)  # `unapply migrations` runs after the switch
 PRUNE_DELETING = ["removing"]
 REFS = ("base", "visible", "second", "third", "migration")
 PLAIN_ROUNDS = 4
@@ -496,7 +497,7 @@ def test_kill_9_at_seeded_points_never_leaves_the_site_broken(deployment, source
     story.ok("rollback-migrate", "rollback", "--migrate")
     for _ in range(MIGRATION_ROUNDS):
         story.strike("activate-migrate", ACTIVATE_STEPS, ("activate", migration), target=migration)
-        story.strike("rollback-migrate", ACTIVATE_STEPS, ("rollback", "--migrate"), target=visible)
+        story.strike("rollback-migrate", ROLLBACK_MIGRATE_STEPS, ("rollback", "--migrate"), target=visible)
 
     # Prune while it deletes, then rebuild what it deleted: a deploy and a release, each killed.
     for _ in range(PRUNE_ROUNDS):
