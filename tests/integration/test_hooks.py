@@ -4,7 +4,6 @@ the release with its venv first on PATH and the deploy's facts in the environmen
 import json
 import re
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
