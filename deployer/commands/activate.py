@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from deployer import envfile, history, releases, schema, service, signals, smoke, switch
+from deployer import envfile, history, hooks, releases, schema, service, signals, smoke, switch
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
@@ -16,12 +16,17 @@ STEPS = 6
 SCHEMA, SWITCH, RESTART, RECORD = "schema", "switch", "restart", "record"
 
 
-def activate(config: Config, paths: Paths, sha_or_prefix: str, action: str = "activate") -> str:
+def activate(
+    config: Config, paths: Paths, sha_or_prefix: str, action: str = "activate",
+    attempt: hooks.Attempt | None = None,
+) -> str:
     """Activate a built release (caller holds the deploy lock). Returns its sha."""
     sha = releases.find(paths, sha_or_prefix)
+    if attempt is not None:
+        attempt.sha = sha
     env_values = envfile.load(config.env_file, config.required_env)
     started = time.monotonic()
-    progress = Progress(STEPS)
+    progress = Progress(STEPS + hook_steps(config, action))
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
     previous = current_sha(paths)
@@ -35,6 +40,11 @@ def activate(config: Config, paths: Paths, sha_or_prefix: str, action: str = "ac
         previous = recorded
     go_live(config, paths, progress, sha, meta, previous, action, started, env_values)
     return sha
+
+
+def hook_steps(config: Config, action: str) -> int:
+    """The steps go_live's hooks add: before_switch, then after_live (after_rollback for a rollback)."""
+    return hooks.count(config, "before_switch", hooks.after_live_point(action))
 
 
 def go_live(
@@ -64,6 +74,9 @@ def go_live(
             schema.back_up(paths, plan, f"before-{action}-{sha[:12]}", progress.note)
             backup = plan.backup
             schema.apply_pending(config, paths, env_values, plan, progress.note)
+        # Still SCHEMA: a failing command puts the schema back and leaves current alone.
+        hooks.run(config, "before_switch", paths.release(sha), sha=sha, previous=previous, action=action,
+                  env_values=env_values, progress=progress)
         stage = SWITCH
         with progress.step(f"switch current to {sha[:12]}"):
             switch.point_current_at(paths, sha)
@@ -98,6 +111,10 @@ def go_live(
         if failure is exc:
             raise
         raise failure from exc
+    # The release is live and recorded: a failing after_live/after_rollback command is a warning
+    # (docs/design.md §15); switching back would take down a release that passed its smoke test.
+    hooks.run(config, hooks.after_live_point(action), paths.release(sha), sha=sha, previous=previous,
+              action=action, env_values=env_values, progress=progress)
     say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
 
 
@@ -189,4 +206,5 @@ def _restore_schema(config, paths, sha, previous, env_values) -> str:
 
 
 def main(config: Config, paths: Paths, sha_or_prefix: str) -> None:
-    activate(config, paths, sha_or_prefix)
+    with hooks.on_failure(config, paths, "activate") as attempt:
+        activate(config, paths, sha_or_prefix, attempt=attempt)

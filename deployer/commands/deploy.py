@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deployer import hooks
 from deployer.commands.activate import activate
 from deployer.commands.release import release
 from deployer.config import Config
@@ -10,7 +11,8 @@ from deployer.steps import say
 
 
 def main(config: Config, paths: Paths, ref: str) -> None:
-    sha = release(config, paths, ref)
-    say("")
-    activate(config, paths, sha, action="deploy")
+    with hooks.on_failure(config, paths, "deploy") as attempt:
+        sha = release(config, paths, ref, action="deploy", attempt=attempt)
+        say("")
+        activate(config, paths, sha, action="deploy", attempt=attempt)
     print(sha)

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from deployer import __version__, django, envfile, git, releases, statics, venv
+from deployer import __version__, django, envfile, git, hooks, releases, statics, venv
 from deployer.config import Config
 from deployer.errors import BadInput, OperationFailed
 from deployer.paths import Paths, current_sha, discard, fsync_dir, remove_tree, stale_tmp_dirs, sync_filesystem
@@ -19,15 +19,19 @@ from deployer.steps import Progress, say
 STEPS = 8
 
 
-def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> str:
-    """Build `ref` (caller holds the deploy lock) and return its full sha."""
+def release(
+    config: Config, paths: Paths, ref: str, rebuild: bool = False, *,
+    action: str = "release", attempt: hooks.Attempt | None = None,
+) -> str:
+    """Build `ref` (caller holds the deploy lock) and return its full sha. `action` is what the
+    after_build hooks see as DEPLOYER_ACTION; `attempt` learns the sha for on_failure."""
     git.validate_ref(ref)
     python = venv.find_python(config.python)
     env_values = envfile.load(config.env_file, config.required_env)
     paths.ensure_dirs()
     _remove_stale_tmp(paths)
 
-    progress = Progress(STEPS)
+    progress = Progress(STEPS + hooks.count(config, "after_build"))
     started = time.monotonic()
     with progress.step("fetch mirror"):
         git.sync_mirror(paths, config.repo)
@@ -35,6 +39,8 @@ def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> st
         sha = git.resolve(paths, ref)
         if ref != sha:
             progress.note(f"{ref} is {sha}")
+    if attempt is not None:
+        attempt.sha = sha
     live = current_sha(paths)
     final = paths.release(sha)
     if sha == live:
@@ -57,6 +63,9 @@ def release(config: Config, paths: Paths, ref: str, rebuild: bool = False) -> st
     tmp.mkdir(mode=0o755)
     try:
         meta = _build(config, paths, progress, sha, tmp, python, env_values, live)
+        # In the new release, before RELEASE.json: a failing command leaves no release behind.
+        hooks.run(config, "after_build", tmp, sha=sha, previous=live, action=action,
+                  env_values=env_values, progress=progress)
         meta["build_seconds"] = round(time.monotonic() - started, 2)
         meta["steps"] = progress.durations
         with progress.step("write RELEASE.json"):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 
-from deployer import envfile, history, releases
-from deployer.commands.activate import STEPS, go_live
+from deployer import envfile, history, hooks, releases
+from deployer.commands.activate import STEPS, go_live, hook_steps
 from deployer.config import Config
 from deployer.errors import OperationFailed
 from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
 
 
-def rollback(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> str:
+def rollback(
+    config: Config, paths: Paths, to: str | None, migrate: bool, force: bool,
+    attempt: hooks.Attempt | None = None,
+) -> str:
     started = time.monotonic()
     entries = history.read(paths)
     recorded = history.last_live(entries)
@@ -29,6 +32,8 @@ def rollback(config: Config, paths: Paths, to: str | None, migrate: bool, force:
         if live:
             say(f"current does not point at a release; rolling back from {live[:12]}, the last one recorded live")
     target, rolled_from = _target(paths, entries, to, live, recorded)
+    if attempt is not None:
+        attempt.sha = target
     in_current = current_sha(paths)
     if target == in_current and target == recorded:
         say(f"release {target[:12]} is already live; nothing to do")
@@ -36,7 +41,7 @@ def rollback(config: Config, paths: Paths, to: str | None, migrate: bool, force:
     if target == in_current:
         say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
     env_values = envfile.load(config.env_file, config.required_env)
-    progress = Progress(STEPS + (1 if migrate else 0))
+    progress = Progress(STEPS + (1 if migrate else 0) + hook_steps(config, "rollback"))
     with progress.step(f"verify {target[:12]}"):
         meta = releases.require_complete(paths, target, config.shared_dirs)
     # The same migrate-if-pending path as activate: migrations the database has but the target
@@ -70,4 +75,5 @@ def _target(paths: Paths, entries: list[dict], to: str | None, live: str | None,
 
 
 def main(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> None:
-    rollback(config, paths, to, migrate, force)
+    with hooks.on_failure(config, paths, "rollback") as attempt:
+        rollback(config, paths, to, migrate, force, attempt=attempt)
