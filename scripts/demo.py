@@ -145,10 +145,10 @@ def start_nginx(nginx: str, prefix: Path, listen: str, upstream: str, deploy_to:
 
 
 def stop_nginx(prefix: Path) -> None:
-    """SIGQUIT (graceful) to the master in prefix/nginx.pid, then wait for it to go."""
+    """SIGTERM (fast shutdown) to the master in prefix/nginx.pid, then wait for it to go."""
     try:
         pid = int((prefix / "nginx.pid").read_text())
-        os.kill(pid, signal.SIGQUIT)
+        os.kill(pid, signal.SIGTERM)
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return
     deadline = time.monotonic() + 10
