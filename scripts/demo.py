@@ -245,7 +245,7 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def admin_login(base: str, username: str, password: str) -> str:
     """Log in like a browser: GET the form, POST it with the CSRF token and an Origin header,
-    expect 302 to /admin/, then GET /admin/. Returns the dashboard's HTML; raises if any step fails."""
+    expect 302 to /admin/, then GET /admin/. Returns the dashboard's title; raises if any step fails."""
     jar = http.cookiejar.CookieJar(policy=BrowserCookiePolicy())
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
     form = opener.open(f"{base}/admin/login/", timeout=10).read().decode()
@@ -261,9 +261,11 @@ def admin_login(base: str, username: str, password: str) -> str:
         if exc.code != 302 or exc.headers["Location"] != "/admin/":
             raise RuntimeError(f"POST /admin/login/ answered {exc.code} {exc.headers.get('Location')}") from None
     dashboard = opener.open(f"{base}/admin/", timeout=10)
-    if dashboard.status != 200:
-        raise RuntimeError(f"GET /admin/ answered {dashboard.status}")
-    return dashboard.read().decode()
+    html = dashboard.read().decode()
+    title = re.search(r"<title>([^<]*)</title>", html)
+    if dashboard.status != 200 or not title or not title.group(1).startswith("Dashboard"):
+        raise RuntimeError(f"GET /admin/ answered {dashboard.status} without the dashboard")
+    return title.group(1).strip()
 
 
 def main() -> None:
@@ -339,11 +341,10 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     banner("Log into the admin the way a browser does (GET form, POST with CSRF token and Origin)")
     try:
-        dashboard = admin_login(url, ADMIN_USER, password)
+        title = admin_login(url, ADMIN_USER, password)
     except (RuntimeError, OSError, AttributeError) as exc:
         sys.exit(f"demo: the admin login did not work: {exc}")
-    print("logged in: GET /admin/ answered 200 with the dashboard"
-          + (" (Welcome to the Skinmenu Wagtail CMS)" if "Welcome" in dashboard else ""))
+    print(f"logged in: 302 to /admin/, then GET /admin/ answered 200: \"{title}\"")
 
     front = "nginx → gunicorn, like production" if nginx else "gunicorn alone: NO nginx, /static/ is not served"
     print(f"\nSkinmenu is serving {first[:12]} at {url}/ ({front})")
