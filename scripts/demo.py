@@ -353,6 +353,8 @@ def main() -> None:
     print(f"  password: {password}    (new each run; also in {LOGIN_FILE.relative_to(REPO)})")
     print(f"Try: .venv/bin/deployer --config {CONFIG.relative_to(REPO)} rollback --to {second[:12]}")
     print("Stop it with: make demo-stop")
+    if not nginx:
+        loud("demo: NO NGINX: the pages above are served UNSTYLED (nothing serves /static/).")
 
 
 def fetch(port: int, path: str) -> str:
