@@ -20,6 +20,7 @@ $(STAMP): setup.cfg app/requirements.txt
 	touch $@
 
 demo: venv
+	scripts/install-system-deps demo
 	$(BIN)/python scripts/demo.py --port $${DEMO_PORT:-8000}
 
 demo-stop: venv
