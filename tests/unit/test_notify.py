@@ -32,6 +32,8 @@ def make_config(tmp_path: Path, url: str | None, timeout: float = 1.0) -> Config
 def endpoint():
     """An HTTP server whose answer each test picks: a status, or a body trickled a byte at a time."""
     state = {"status": 200, "trickle": False, "bodies": []}
+    stop = threading.Event()
+    threads_before = threading.active_count()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
@@ -41,7 +43,8 @@ def endpoint():
             self.end_headers()
             self.wfile.flush()
             for _ in range(100 if state["trickle"] else 0):  # never 1 s of silence: a read timeout never fires
-                time.sleep(0.2)
+                if stop.wait(0.2):
+                    return
                 self.wfile.write(b".")
                 self.wfile.flush()
             self.wfile.write(b"." * (0 if state["trickle"] else 100))
@@ -53,8 +56,12 @@ def endpoint():
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hooks/{TOKEN}", state
+    stop.set()
     server.shutdown()
     server.server_close()
+    deadline = time.monotonic() + 5  # no thread outlives the test (later tests fork)
+    while threading.active_count() > threads_before and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_a_notification_posts_the_payload_as_json_and_says_nothing(tmp_path, endpoint, capsys):
