@@ -133,8 +133,16 @@ def event(
     if command == "prune":
         payload["removed"] = removed
     if exc is not None and failed:
-        payload["reason"] = exc.message if isinstance(exc, DeployError) else f"{type(exc).__name__}"
+        payload["reason"] = _reason(exc)
     return payload
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DeployError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        return one_line(f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror)
+    return type(exc).__name__
 
 
 def _attempted(command: str, args: tuple, paths: Paths, entries: list[dict], live: str | None) -> str | None:

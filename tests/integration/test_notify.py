@@ -131,6 +131,15 @@ def test_a_deploy_that_fails_its_smoke_test_posts_failed_smoke(deployment, sourc
     assert payload["reason"]
     assert deployment.current == source_repo.sha("base")
 
+    run(deployment, webhook.token, "deploy", "bad-req", expect=1)  # the build fails: nothing live changed
+    payload = webhook.payloads[-1]
+    assert (payload["event"], payload["sha"], payload["previous"], payload["result"]) == (
+        "deploy", source_repo.sha("bad-req"), source_repo.sha("base"), "failed")
+    assert "create venv" in payload["reason"]
+    sent = len(webhook.received)
+    run(deployment, webhook.token, "deploy", "no-such-branch", expect=2)  # bad input: nothing to report
+    assert len(webhook.received) == sent
+
 
 def test_release_activate_prune_and_rollback_each_post_what_they_did(deployment, source_repo, webhook):
     use_webhook(deployment, webhook.url)
