@@ -12,11 +12,10 @@ import os
 import shlex
 import sys
 import traceback
-from contextlib import nullcontext
 
 import click
 
-from deployer import __version__, releases, signals
+from deployer import __version__, notify, releases, signals
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
 from deployer.commands import deploy as deploy_cmd
@@ -94,10 +93,14 @@ def _locked(paths: Paths, wait: float):
 
 
 def _run_locked(session: Session, wait: float, command_main, *args) -> None:
-    """Load the config, take the deploy lock, run the command."""
+    """Load the config, take the deploy lock, run the command; notify once the lock is released."""
     config, paths = session.load()
-    with _locked(paths, wait):
-        command_main(config, paths, *args)
+    watch = notify.Watch(config, paths, click.get_current_context().info_name, args)
+    try:
+        with _locked(paths, wait), watch.running():
+            command_main(config, paths, *args)
+    finally:
+        watch.send()
 
 
 def _option(param: click.Parameter | None) -> str:
@@ -220,9 +223,15 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
 def prune(session: Session, keep: int | None, dry_run: bool, wait: float) -> None:
     """Delete old releases; never current, the rollback target or one in use."""
     config, paths = session.load()
-    lock = nullcontext() if dry_run else _locked(paths, wait)
-    with lock:
+    if dry_run:
         prune_cmd.main(config, paths, config.keep_releases if keep is None else keep, dry_run)
+        return
+    watch = notify.Watch(config, paths, "prune", ())
+    try:
+        with _locked(paths, wait), watch.running():
+            prune_cmd.main(config, paths, config.keep_releases if keep is None else keep, dry_run)
+    finally:
+        watch.send()
 
 
 @main.command(name="list")

@@ -1,4 +1,5 @@
 """The production-real smoke test (docs/design.md §9): through the front door, Host and SNI intact.
+Besides §9's checks, every path in `smoke.paths` must answer 200 (docs/design.md §15).
 
 Connections go to `smoke.resolve` when set (curl --resolve semantics): TLS is negotiated for the
 URL's host name and the certificate checked against it, and the Host header names it too.
@@ -91,6 +92,10 @@ def check_once(smoke: SmokeConfig, conn, sha: str, static: tuple[str, Path] | No
             raise OperationFailed(f"GET {url_path} answered {resp.status}, expected 200")
         if resp.data != on_disk.read_bytes():
             raise OperationFailed(f"GET {url_path} served different bytes than the release's file")
+    for path in smoke.paths:
+        resp = get(smoke, conn, path)
+        if resp.status != 200:
+            raise OperationFailed(f"GET {path} (smoke.paths) answered {resp.status}, expected 200")
 
 
 def run(smoke: SmokeConfig, sha: str, release: Path) -> float:

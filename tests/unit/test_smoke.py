@@ -51,13 +51,14 @@ def release(tmp_path):
 @pytest.fixture
 def front_door(certs, release):
     """An HTTPS server that answers only for the right SNI and Host, like an nginx vhost."""
-    seen = {"sni": [], "host": []}
+    seen = {"sni": [], "host": [], "path": []}
     state = {"release": SHA}
     served_css = (release / "staticfiles" / HASHED).read_bytes()  # what nginx would have
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen["host"].append(self.headers["Host"])
+            seen["path"].append(self.path)
             if self.headers["Host"].split(":")[0] != DOMAIN:
                 return self.reply(404, b"unknown vhost")
             if self.path == "/admin/login/":
@@ -66,6 +67,10 @@ def front_door(certs, release):
                 return self.reply(200, json.dumps({"status": "ok", "release": state["release"]}).encode())
             if self.path == f"/static/{HASHED}":
                 return self.reply(200, served_css)
+            if self.path in ("/", "/treatments/"):
+                return self.reply(200, b"<h1>Skinmenu</h1>")
+            if self.path == "/broken/":
+                return self.reply(500, b"server error")
             return self.reply(404, b"not found")
 
         def reply(self, status, body):
@@ -102,7 +107,23 @@ def test_smoke_connects_to_resolve_with_sni_and_host_of_the_real_domain(front_do
     assert elapsed < 2
     assert set(seen["sni"]) == {DOMAIN}
     assert set(seen["host"]) == {f"{DOMAIN}:{port}"}
-    assert len(seen["host"]) == 3  # admin login, /healthz, one hashed static file
+    assert seen["path"] == ["/admin/login/", "/healthz", f"/static/{HASHED}", "/"]  # smoke.paths defaults to /
+
+
+def test_smoke_fetches_every_smoke_path_through_the_front_door(front_door, certs, release):
+    port, seen, _ = front_door
+    smoke.run(config(port, certs, paths=("/", "/treatments/")), SHA, release)
+    assert seen["path"][-2:] == ["/", "/treatments/"]
+    assert set(seen["sni"]) == {DOMAIN}
+    assert set(seen["host"]) == {f"{DOMAIN}:{port}"}
+
+
+@pytest.mark.parametrize("path, status", [("/broken/", 500), ("/no-such-page/", 404)])
+def test_smoke_fails_naming_a_smoke_path_that_does_not_answer_200(front_door, certs, release, path, status):
+    port, seen, _ = front_door
+    with pytest.raises(OperationFailed, match=f"GET {path} \\(smoke.paths\\) answered {status}, expected 200"):
+        smoke.run(config(port, certs, paths=("/", path), timeout=0.5), SHA, release)
+    assert seen["path"].count(path) >= 2  # retried like every other check until the timeout ran out
 
 
 def test_smoke_fails_when_healthz_reports_another_release(front_door, certs, release):
