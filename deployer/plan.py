@@ -58,7 +58,7 @@ class Plan:
 def _new(command: str, paths: Paths) -> Plan:
     holder = lock.read_holder(paths)
     return Plan(command, data={
-        "command": command, "exit_code": 0, "refused": None, "lock": holder, "sha": None,
+        "command": command, "exit_code": 0, "refused": None, "lock": holder, "ref": None, "sha": None,
         "current": {"now": current_sha(paths), "after": current_sha(paths)},
         "build": None, "migrations": None, "backup": None, "hooks": [], "prune": None,
     })
@@ -131,28 +131,37 @@ def deploy_plan(config: Config, paths: Paths, ref: str) -> Plan:
     if plan.refused:
         return plan
     sha = plan.data["sha"]
-    built = plan.data["build"]["needed"] is False
-    meta = releases.read_metadata(paths.release(sha)) if built else _predicted_meta(config, paths, sha, plan)
-    _activation(config, paths, plan, sha, meta or {}, "deploy", exact=built)
+    if not plan.data["build"]["needed"]:
+        _activation(config, paths, plan, sha, releases.read_metadata(paths.release(sha)) or {}, "deploy", exact=True)
+        return plan
+    meta, exact = _predicted_meta(config, paths, sha, plan.data["build"])
+    if meta is None:
+        plan.step("migrate", "not known before the build: no built release to take the graph's other apps from")
+        plan.data["current"]["after"] = sha
+        plan.step("switch current", f"current would point at releases/{sha} (now none)")
+        return plan
+    _activation(config, paths, plan, sha, meta, "deploy", exact=exact)
     return plan
 
 
-def _predicted_meta(config: Config, paths: Paths, sha: str, plan: Plan) -> dict:
-    """The migration graph a build of `sha` would record, before it is built: the commit's own
-    migration files, plus the other apps' (Django's, Wagtail's) from the release whose venv it
-    would reuse, or, when the venv is built anew, from the live release (marked inexact)."""
-    build = plan.data["build"]
+def _predicted_meta(config: Config, paths: Paths, sha: str, build: dict) -> tuple[dict | None, bool]:
+    """The migration graph a build of `sha` would record, before it is built, and whether it is
+    exact: the commit's own migration files, plus the other apps' (Django's, Wagtail's) from the
+    release whose venv it would reuse (exact), or, when the venv is built anew, from the live
+    release (inexact). None when there is no release to take them from."""
     reference = build["venv_from"] or current_sha(paths)
-    ref_meta = (releases.read_metadata(paths.release(reference)) if reference else None) or {}
+    ref_meta = releases.read_metadata(paths.release(reference)) if reference else None
+    if not ref_meta:
+        return None, False
     own = _tree_migrations(paths, sha, config.django.project_dir)
     own_apps = {app for app, _ in own}
-    nodes = sorted(own | {tuple(n) for n in ref_meta.get("migrations", {}).get("nodes", []) if n[0] not in own_apps})
-    leaves = [tuple(leaf) for leaf in ref_meta.get("migrations", {}).get("leaves", []) if leaf[0] not in own_apps]
-    for app in sorted(own_apps):
-        leaves.append((app, max(name for a, name in own if a == app)))
-    plan.data["_exact"] = build["venv"] == "reuse"
-    return {"migrations": {"nodes": [list(n) for n in nodes], "leaves": [list(n) for n in sorted(leaves)]},
+    graph = ref_meta.get("migrations", {})
+    nodes = own | {tuple(n) for n in graph.get("nodes", []) if n[0] not in own_apps}
+    leaves = {tuple(n) for n in graph.get("leaves", []) if n[0] not in own_apps}
+    leaves |= {(app, max(name for a, name in own if a == app)) for app in own_apps}
+    meta = {"migrations": {"nodes": [list(n) for n in sorted(nodes)], "leaves": [list(n) for n in sorted(leaves)]},
             "database": ref_meta.get("database", {})}
+    return meta, build["venv"] == "reuse"
 
 
 def _tree_migrations(paths: Paths, sha: str, project_dir: str) -> set[migrations.Migration]:
@@ -191,8 +200,7 @@ def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, 
         return
     if finishing:
         plan.step("activate", f"current already points at {sha[:12]}, but that activation never finished; would finish it")
-    _go_live(config, paths, plan, sha, meta, previous, action, exact=exact and plan.data.pop("_exact", True),
-             unapply_with=None, force=False)
+    _go_live(config, paths, plan, sha, meta, previous, action, exact=exact, unapply_with=None, force=False)
 
 
 def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> Plan:
@@ -255,7 +263,7 @@ def _go_live(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, pre
         db = migrations.database_path(meta)
         backup = str(paths.backups / (migrations.backup_stem(db, f"before-{action}-{sha[:12]}") + ".sqlite3"))
         plan.data["backup"] = backup
-        plan.step("back up database", f"would copy {db} to {backup} (its time is the run's)")
+        plan.step("back up database", f"would copy {db} to {backup} (the name carries the real run's time)")
     else:
         plan.step("back up database", "none" + (" (an empty database: a first deploy)" if decided.changes else " (nothing changes)"))
     _hooks(config, plan, "before_switch")
@@ -305,7 +313,6 @@ def prune_plan(config: Config, paths: Paths, keep: int) -> Plan:
 
 def show(plan: Plan, as_json: bool) -> None:
     """Print the plan (stdout), then raise the refusal the real run would end with (exit 1)."""
-    plan.data.pop("_exact", None)
     if plan.refused:
         plan.data["exit_code"] = plan.refused.exit_code
         plan.data["refused"] = plan.refused.message

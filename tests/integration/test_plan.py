@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.conftest import REPO_ROOT
 
-PLAN_KEYS = {"command", "exit_code", "refused", "lock", "sha", "current", "build", "migrations",
+PLAN_KEYS = {"command", "exit_code", "refused", "lock", "ref", "sha", "current", "build", "migrations",
              "backup", "hooks", "prune", "steps"}
 
 
