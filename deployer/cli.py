@@ -16,6 +16,7 @@ import traceback
 import click
 
 from deployer import __version__, notify, releases, signals
+from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
 from deployer.commands import deploy as deploy_cmd
@@ -151,6 +152,23 @@ class ShaPrefix(click.ParamType):
         return releases.validate_prefix(str(value))
 
 
+def plan_options(command):
+    """--plan and --json: show what the command would do, change nothing, take no lock."""
+    command = click.option("--json", "as_json", is_flag=True, help="With --plan: one JSON object (see README).")(command)
+    return click.option("--plan", "plan", is_flag=True,
+                        help="Print what would happen, step by step; change nothing, take no lock.")(command)
+
+
+def _planned(session: Session, plan: bool, as_json: bool, make_plan, *args) -> bool:
+    """Run the plan instead of the command when --plan is given (no lock). True if it ran."""
+    plan_mod.require_plan_for_json(plan, as_json)
+    if not plan:
+        return False
+    config, paths = session.load()
+    plan_mod.show(make_plan(config, paths, *args), as_json)
+    return True
+
+
 # Errors in these types raise BadInput inside DeployerGroup.invoke (click parses a subcommand's
 # options there), so they end as one `deployer: error:` line with exit 2.
 wait_option = click.option(
@@ -178,27 +196,36 @@ def main(ctx: click.Context, config_file: str | None, debug: bool) -> None:
 @click.argument("commit")
 @click.option("--rebuild", is_flag=True, help="Build again even if complete (not for the live release).")
 @wait_option
+@plan_options
 @click.pass_obj
-def release(session: Session, commit: str, rebuild: bool, wait: float) -> None:
+def release(session: Session, commit: str, rebuild: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Build COMMIT (branch, tag or sha) into releases/<sha>. Prints the sha."""
+    if _planned(session, plan, as_json, plan_mod.release_plan, commit, rebuild):
+        return
     _run_locked(session, wait, release_cmd.main, commit, rebuild)
 
 
 @main.command()
 @click.argument("sha")
 @wait_option
+@plan_options
 @click.pass_obj
-def activate(session: Session, sha: str, wait: float) -> None:
+def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool) -> None:
     """Make a built release live: migrate, switch, restart, smoke test (or switch back)."""
+    if _planned(session, plan, as_json, plan_mod.activate_plan, sha):
+        return
     _run_locked(session, wait, activate_cmd.main, sha)
 
 
 @main.command()
 @click.argument("commit")
 @wait_option
+@plan_options
 @click.pass_obj
-def deploy(session: Session, commit: str, wait: float) -> None:
+def deploy(session: Session, commit: str, wait: float, plan: bool, as_json: bool) -> None:
     """Release COMMIT, then activate it."""
+    if _planned(session, plan, as_json, plan_mod.deploy_plan, commit):
+        return
     _run_locked(session, wait, deploy_cmd.main, commit)
 
 
@@ -207,11 +234,14 @@ def deploy(session: Session, commit: str, wait: float) -> None:
 @click.option("--migrate", is_flag=True, help="Unapply migrations the target does not know (after a backup).")
 @click.option("--force", is_flag=True, help="Switch even though the database has migrations the target does not know.")
 @wait_option
+@plan_options
 @click.pass_obj
-def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait: float) -> None:
+def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Make the previously live release live again (from history)."""
     if migrate and force:
         raise BadInput("--migrate and --force exclude each other", hint="pass one of them")
+    if _planned(session, plan, as_json, plan_mod.rollback_plan, to, migrate, force):
+        return
     _run_locked(session, wait, rollback_cmd.main, to, migrate, force)
 
 
@@ -219,9 +249,13 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
 @click.option("--keep", type=Count(), default=None, metavar="N", help="Releases to keep (default: keep_releases from the config).")
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 @wait_option
+@plan_options
 @click.pass_obj
-def prune(session: Session, keep: int | None, dry_run: bool, wait: float) -> None:
+def prune(session: Session, keep: int | None, dry_run: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Delete old releases; never current, the rollback target or one in use."""
+    if _planned(session, plan, as_json, lambda config, paths: plan_mod.prune_plan(
+            config, paths, config.keep_releases if keep is None else keep)):
+        return
     config, paths = session.load()
     if dry_run:
         prune_cmd.main(config, paths, config.keep_releases if keep is None else keep, dry_run)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import stat
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,15 +44,12 @@ def _read_only_uri(db: Path) -> str:
 
 
 def applied(db: Path) -> set[Migration]:
-    """Migrations recorded in django_migrations; empty when the database does not exist yet."""
+    """Migrations recorded in django_migrations; empty when the database does not exist yet.
+    Reading leaves every file in shared/db/ as it was, byte for byte (see `_query`)."""
     if not exists(db):
         return set()
     try:
-        conn = sqlite3.connect(_read_only_uri(db), uri=True, timeout=10)
-        try:
-            rows = conn.execute("SELECT app, name FROM django_migrations").fetchall()
-        finally:
-            conn.close()
+        rows = _query(db, "SELECT app, name FROM django_migrations")
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return set()
@@ -60,9 +59,63 @@ def applied(db: Path) -> set[Migration]:
     return {(str(app), str(name)) for app, name in rows}
 
 
+SIDECARS = ("-wal", "-journal")
+
+
+def _query(db: Path, sql: str, attempts: int = 5) -> list[tuple]:
+    """Run one read without touching the database's files. A `mode=ro` open of a WAL database
+    creates -wal and -shm (and cannot remove them) and writes read marks into -shm. So: when no
+    -wal or -journal holds data, every committed row is in the main file and `immutable=1` reads
+    it with no locks and no side files. Otherwise the main file and its journal are copied to a
+    temp dir outside deploy_to and the copy is read (SQLite recovers the WAL into the copy);
+    a copy torn by a concurrent write is detected by the files' stat changing, and retried."""
+    for _ in range(attempts):
+        busy = [db.with_name(db.name + s) for s in SIDECARS if _size(db.with_name(db.name + s))]
+        if not busy:
+            try:
+                return _read(f"{db.as_uri()}?mode=ro&immutable=1", sql)
+            except sqlite3.DatabaseError:
+                if not any(_size(db.with_name(db.name + s)) for s in SIDECARS):
+                    raise
+                continue  # a writer started meanwhile: read its journal too
+        with tempfile.TemporaryDirectory(prefix="deployer-db-read-") as tmp:
+            before = [_stamp(path) for path in (db, *busy)]
+            for path in (db, *busy):
+                shutil.copyfile(path, Path(tmp) / path.name)
+            if [_stamp(path) for path in (db, *busy)] != before:
+                continue
+            return _read(str(Path(tmp) / db.name), sql)
+    raise sqlite3.OperationalError(f"the database kept changing while it was read ({attempts} attempts)")
+
+
+def _read(target: str, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(target, uri=target.startswith("file:"), timeout=10)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def pending(meta: dict, done: set[Migration]) -> list[Migration]:
     """Leaves of the release's graph that the database has not applied."""
     return [tuple(leaf) for leaf in meta.get("migrations", {}).get("leaves", []) if tuple(leaf) not in done]
+
+
+def missing(meta: dict, done: set[Migration]) -> list[Migration]:
+    """Every node of the release's graph that the database has not applied."""
+    return sorted(tuple(node) for node in meta.get("migrations", {}).get("nodes", []) if tuple(node) not in done)
 
 
 def unknown_to(meta: dict, done: set[Migration]) -> list[Migration]:
@@ -88,8 +141,7 @@ def backup(db: Path, backups: Path, label: str) -> Path | None:
     backups.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in backups.glob(f".*{PARTIAL}"):  # left by a run killed mid-copy
         stale.unlink(missing_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = _free_name(backups, f"{db.stem}-{stamp}-{label}")
+    target = _free_name(backups, backup_stem(db, label))
     partial = backups / f".{target.name}{PARTIAL}"
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
     try:
@@ -111,6 +163,12 @@ def backup(db: Path, backups: Path, label: str) -> Path | None:
 
 
 PARTIAL = ".partial"
+
+
+def backup_stem(db: Path, label: str, when: datetime | None = None) -> str:
+    """The name of a backup, before its .sqlite3 suffix (and -2, -3... if taken)."""
+    stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{db.stem}-{stamp}-{label}"
 
 
 def _free_name(directory: Path, stem: str) -> Path:

@@ -37,10 +37,24 @@ class Plan:
     helper: str | None = None  # the release whose code unapplies `ahead`
     empty: bool = True  # nothing applied yet (a first deploy): nothing worth a backup
     backup: str | None = None
+    applied: set[migrations.Migration] = field(default_factory=set)  # what the database had
+    kept: list[migrations.Migration] = field(default_factory=list)  # ahead, left in place by --force
 
     @property
     def changes(self) -> bool:
         return bool(self.ahead or self.pending or not self.engine_known)
+
+    @property
+    def to_apply(self) -> list[migrations.Migration]:
+        """Every migration of the release's graph the database lacks (`migrate` applies them
+        all to reach the pending leaves)."""
+        return migrations.missing(self.meta, self.applied) if self.pending else []
+
+    @property
+    def needs_backup(self) -> bool:
+        """A backup before the first change; none for an empty database (a first deploy)."""
+        db = migrations.database_path(self.meta)
+        return self.changes and db is not None and not self.empty and migrations.exists(db)
 
 
 def names(found: list[migrations.Migration]) -> str:
@@ -66,10 +80,10 @@ def plan(paths: Paths, sha: str, meta: dict, *, unapply_with: str | None, force:
         return Plan(sha, meta, engine_known=False)
     done = migrations.applied(db)
     result = Plan(sha, meta, ahead=migrations.unknown_to(meta, done), pending=migrations.pending(meta, done),
-                  empty=not done)
+                  empty=not done, applied=done)
     if result.ahead and force:
         note(f"--force: leaving applied migrations {sha[:12]} does not contain: {names(result.ahead)}")
-        result.ahead = []
+        result.kept, result.ahead = result.ahead, []
     if result.ahead:
         result.helper = _code_that_knows(paths, result.ahead, unapply_with)
         if result.helper is None:
@@ -85,10 +99,9 @@ def plan(paths: Paths, sha: str, meta: dict, *, unapply_with: str | None, force:
 
 def back_up(paths: Paths, plan_: Plan, label: str, note: Note) -> None:
     """A backup before the first change (none for an empty database: a first deploy)."""
-    db = migrations.database_path(plan_.meta)
-    if not plan_.changes or db is None or plan_.empty:
+    if not plan_.needs_backup:
         return
-    backup = migrations.backup(db, paths.backups, label)
+    backup = migrations.backup(migrations.database_path(plan_.meta), paths.backups, label)
     if backup:
         plan_.backup = str(backup)
         note(f"database backed up to {backup}")

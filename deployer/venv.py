@@ -63,7 +63,12 @@ def uv_binary() -> str:
 
 
 def requirements_key(requirements: Path, python_id: str, install_flags: list[str]) -> str:
-    digest = hashlib.sha256(requirements.read_bytes())
+    return requirements_key_of(requirements.read_bytes(), python_id, install_flags)
+
+
+def requirements_key_of(content: bytes, python_id: str, install_flags: list[str]) -> str:
+    """Same requirements bytes, interpreter and install flags: a venv that can be reused."""
+    digest = hashlib.sha256(content)
     digest.update(python_id.encode())
     digest.update("\0".join(install_flags).encode())
     return digest.hexdigest()

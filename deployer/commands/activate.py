@@ -29,15 +29,12 @@ def activate(
     progress = Progress(STEPS + hook_steps(config, action))
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
-    previous = current_sha(paths)
-    if previous == sha:
-        recorded = history.last_live(history.read(paths))
-        if recorded == sha:
-            say(f"release {sha[:12]} is already live; nothing to do")
-            return sha
-        # A run killed between the switch and its history line: finish what it started.
+    previous, already_live, finishing = starting_point(paths, sha)
+    if already_live:
+        say(f"release {sha[:12]} is already live; nothing to do")
+        return sha
+    if finishing:
         say(f"current already points at {sha[:12]}, but that activation never finished; finishing it")
-        previous = recorded
     go_live(config, paths, progress, sha, meta, previous, action, started, env_values)
     return sha
 
@@ -45,6 +42,18 @@ def activate(
 def hook_steps(config: Config, action: str) -> int:
     """The steps go_live's hooks add: before_switch, then after_live (after_rollback for a rollback)."""
     return hooks.count(config, "before_switch", hooks.after_live_point(action))
+
+
+def starting_point(paths: Paths, sha: str) -> tuple[str | None, bool, bool]:
+    """(the release live before, already live: nothing to do, finishing a killed activation)."""
+    previous = current_sha(paths)
+    if previous != sha:
+        return previous, False, False
+    recorded = history.last_live(history.read(paths))
+    if recorded == sha:
+        return previous, True, False
+    # A run killed between the switch and its history line: finish what it started.
+    return recorded, False, True
 
 
 def go_live(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from deployer import history, releases, smoke
@@ -63,7 +64,19 @@ def select(
     return [sha for sha in newest_first if sha not in kept]
 
 
-def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
+@dataclass
+class Selection:
+    """What a prune deletes and keeps (shared by the real run, --dry-run and --plan)."""
+
+    built: dict[str, dict]
+    doomed: list[str]
+    stale: list[Path]
+    busy: set[str]  # releases a running process uses (other than current)
+    protected: set[str]
+    freed: int
+
+
+def choose(config: Config, paths: Paths, keep: int) -> Selection:
     if keep < 1:
         raise BadInput(f"--keep must be at least 1, got {keep}")
     entries = history.read(paths)
@@ -74,25 +87,30 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
     built = releases.complete(paths)
     doomed = select(built, keep, protected, history.failed_smoke(entries))
     stale = stale_tmp_dirs(paths)
-    targets = [paths.release(sha) for sha in doomed] + stale
-    freed = tree_bytes(targets)
+    freed = tree_bytes([paths.release(sha) for sha in doomed] + stale)
+    return Selection(built, doomed, stale, (busy & set(built)) - {live}, protected, freed)
+
+
+def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
+    chosen = choose(config, paths, keep)
     verb = "would remove" if dry_run else "removing"
-    for sha in doomed:
-        say(f"{verb} {sha[:12]}  {built[sha].get('subject', '')}")
-    for tmp in stale:
+    for sha in chosen.doomed:
+        say(f"{verb} {sha[:12]}  {chosen.built[sha].get('subject', '')}")
+    for tmp in chosen.stale:
         say(f"{verb} {tmp.name} (interrupted build)")
-    for sha in sorted((busy & set(built)) - {live}):
+    for sha in sorted(chosen.busy):
         say(f"keeping {sha[:12]}: a running process uses it")
     if not dry_run:
-        for sha in doomed:
+        for sha in chosen.doomed:
             discard(paths, paths.release(sha))
-        for tmp in stale:
+        for tmp in chosen.stale:
             remove_tree(tmp)
-    summary = f"{'would free' if dry_run else 'freed'} {_human(freed)} ({len(doomed)} release(s), {len(stale)} temp dir(s))"
+    summary = (f"{'would free' if dry_run else 'freed'} {human(chosen.freed)} "
+               f"({len(chosen.doomed)} release(s), {len(chosen.stale)} temp dir(s))")
     print(summary, file=sys.stdout)
 
 
-def _human(n: int) -> str:
+def human(n: int) -> str:
     if n < 1024:
         return f"{n} B"
     size = n / 1024

@@ -42,21 +42,9 @@ def release(
     if attempt is not None:
         attempt.sha = sha
     live = current_sha(paths)
-    final = paths.release(sha)
-    if sha == live:
-        # Checked before anything else: the live release is never renamed away under gunicorn.
-        if rebuild:
-            raise BadInput(f"release {sha[:12]} is live; refusing to rebuild it", hint="activate another release first")
-        issues = releases.problems(final, config.shared_dirs)
-        if issues:
-            raise OperationFailed(
-                f"the live release {sha[:12]} is not complete: {'; '.join(issues)}",
-                hint="activate or roll back to another release, then `deployer release --rebuild` this one",
-            )
-        say(f"release {sha[:12]} is already built, complete and live; nothing to do")
-        return sha
-    if final.exists() and not rebuild and not releases.problems(final, config.shared_dirs):
-        say(f"release {sha[:12]} is already built and complete; nothing to do (--rebuild to build it again)")
+    done = already_built(config, paths, sha, live, rebuild)
+    if done:
+        say(done)
         return sha
 
     tmp = paths.new_tmp_release(sha)
@@ -72,12 +60,32 @@ def release(
             meta["digests"] = releases.digests(tmp, config.shared_dirs)
             sync_filesystem(tmp)  # every file on disk before the metadata that vouches for it
             releases.write_metadata(tmp, meta)
-            _move_into_place(paths, tmp, final)
+            _move_into_place(paths, tmp, paths.release(sha))
     except BaseException:
         remove_tree(tmp)
         raise
     say(f"built {sha[:12]} in {meta['build_seconds']:.1f}s")
     return sha
+
+
+def already_built(config: Config, paths: Paths, sha: str, live: str | None, rebuild: bool) -> str | None:
+    """Why `sha` needs no build (the line to say), or None when it must be built. Refuses to
+    rebuild the live release, and reports a live release that is not complete (shared with --plan)."""
+    final = paths.release(sha)
+    if sha == live:
+        # Checked before anything else: the live release is never renamed away under gunicorn.
+        if rebuild:
+            raise BadInput(f"release {sha[:12]} is live; refusing to rebuild it", hint="activate another release first")
+        issues = releases.problems(final, config.shared_dirs)
+        if issues:
+            raise OperationFailed(
+                f"the live release {sha[:12]} is not complete: {'; '.join(issues)}",
+                hint="activate or roll back to another release, then `deployer release --rebuild` this one",
+            )
+        return f"release {sha[:12]} is already built, complete and live; nothing to do"
+    if final.exists() and not rebuild and not releases.problems(final, config.shared_dirs):
+        return f"release {sha[:12]} is already built and complete; nothing to do (--rebuild to build it again)"
+    return None
 
 
 def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:

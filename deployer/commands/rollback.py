@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from deployer import envfile, history, hooks, releases
 from deployer.commands.activate import STEPS, go_live, hook_steps
@@ -12,14 +13,23 @@ from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
 
 
-def rollback(
-    config: Config, paths: Paths, to: str | None, migrate: bool, force: bool,
-    attempt: hooks.Attempt | None = None,
-) -> str:
-    started = time.monotonic()
+@dataclass
+class Choice:
+    """What a rollback goes to, decided from history and `current` (shared with --plan)."""
+
+    target: str
+    rolled_from: str | None  # whose code knows the migrations the target does not
+    previous: str | None  # recorded as `from` in history
+    already_live: bool  # nothing to do
+    finishing: bool  # a killed rollback whose switch already happened
+    notes: list[str]
+
+
+def choose(paths: Paths, to: str | None) -> Choice:
     entries = history.read(paths)
     recorded = history.last_live(entries)
     live = current_sha(paths)
+    notes = []
     if live is None and paths.current.is_symlink():
         # `current` dangles or points outside releases/: roll back from what history says was
         # live, never "back" to that same release.
@@ -30,15 +40,31 @@ def rollback(
                 hint="name a release with `deployer rollback --to SHA`",
             )
         if live:
-            say(f"current does not point at a release; rolling back from {live[:12]}, the last one recorded live")
+            notes.append(f"current does not point at a release; rolling back from {live[:12]}, the last one recorded live")
     target, rolled_from = _target(paths, entries, to, live, recorded)
+    in_current = current_sha(paths)
+    already_live = target == in_current and target == recorded
+    return Choice(
+        target, rolled_from, previous=recorded if target == in_current else in_current,
+        already_live=already_live, finishing=target == in_current and not already_live, notes=notes,
+    )
+
+
+def rollback(
+    config: Config, paths: Paths, to: str | None, migrate: bool, force: bool,
+    attempt: hooks.Attempt | None = None,
+) -> str:
+    started = time.monotonic()
+    choice = choose(paths, to)
+    for line in choice.notes:
+        say(line)
+    target = choice.target
     if attempt is not None:
         attempt.sha = target
-    in_current = current_sha(paths)
-    if target == in_current and target == recorded:
+    if choice.already_live:
         say(f"release {target[:12]} is already live; nothing to do")
         return target
-    if target == in_current:
+    if choice.finishing:
         say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
     env_values = envfile.load(config.env_file, config.required_env)
     progress = Progress(STEPS + (1 if migrate else 0) + hook_steps(config, "rollback"))
@@ -47,10 +73,9 @@ def rollback(
     # The same migrate-if-pending path as activate: migrations the database has but the target
     # does not know are refused (or unapplied with the code of the release rolled back from,
     # --migrate, or kept, --force); the target's own pending migrations are applied after a backup.
-    previous = recorded if target == in_current else in_current
     go_live(
-        config, paths, progress, target, meta, previous, "rollback", started, env_values,
-        schema_step="check migrations", unapply_with=rolled_from if migrate else None, force=force,
+        config, paths, progress, target, meta, choice.previous, "rollback", started, env_values,
+        schema_step="check migrations", unapply_with=choice.rolled_from if migrate else None, force=force,
     )
     return target
 
