@@ -29,7 +29,13 @@ def _deploy_root(config: Config, paths: Paths) -> str:
 
 def _env_file(config: Config, paths: Paths) -> str:
     values = envfile.load(config.env_file, config.required_env)
-    return f"{config.env_file}: {len(values)} variables, all {len(config.required_env)} required present"
+    if config.notify and not values.get(config.notify.webhook_env):
+        raise OperationFailed(
+            f"notify.webhook_env names {config.notify.webhook_env}, which {config.env_file} does not define",
+            hint="add the webhook URL to the env file, or remove the notify section",
+        )
+    webhook = f"; webhook URL in {config.notify.webhook_env}" if config.notify else ""
+    return f"{config.env_file}: {len(values)} variables, all {len(config.required_env)} required present{webhook}"
 
 
 def _python(config: Config, paths: Paths) -> str:
