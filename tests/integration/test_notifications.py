@@ -204,3 +204,12 @@ def test_a_webhook_that_fails_refuses_or_is_missing_is_one_warning_and_exit_0(de
     assert warnings(result) == [
         f"deployer: warning: notification failed: the env file {deployment.env_file} does not define DEPLOYER_WEBHOOK_URL"]
     assert deployment.current == source_repo.sha("second")
+
+
+def test_check_names_a_webhook_variable_the_env_file_lacks(deployment):
+    deployment.write_config(notify={"webhook_env": "DEPLOYER_WEBHOOK_URL"})
+
+    result = deployment.deployer("check")
+
+    assert result.returncode == 1
+    assert "notify.webhook_env names DEPLOYER_WEBHOOK_URL" in result.stdout
