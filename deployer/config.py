@@ -62,6 +62,14 @@ class InstallConfig:
 
 
 @dataclass(frozen=True)
+class BackupsConfig:
+    """Database backups in state/backups/ (docs/design.md §7, §14)."""
+
+    keep: int = 10  # prune keeps the newest N
+    pg_dump: str = "pg_dump"  # a name on PATH or a path; its major version must be >= the server's
+
+
+@dataclass(frozen=True)
 class SmokeConfig:
     url: str
     resolve: str | None = None
@@ -114,6 +122,7 @@ class Config:
     install: InstallConfig = field(default_factory=InstallConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     notify: NotifyConfig | None = None
+    backups: BackupsConfig = field(default_factory=BackupsConfig)
 
 
 # key -> (type, required). Nested sections map to their own schema dicts.
@@ -130,6 +139,7 @@ _SMOKE = {
 }
 _HOOKS = {**{point: (list, False) for point in HOOK_POINTS}, "timeout": ((int, float), False)}
 _NOTIFY = {"webhook_env": (str, True), "timeout": ((int, float), False)}
+_BACKUPS = {"keep": (int, False), "pg_dump": (str, False)}
 _TOP = {
     "app": (str, True),
     "repo": (str, True),
@@ -145,6 +155,7 @@ _TOP = {
     "smoke": (_SMOKE, True),
     "hooks": (_HOOKS, False),
     "notify": (_NOTIFY, False),
+    "backups": (_BACKUPS, False),
 }
 # Commands are split like a shell would split them, so line breaks and tabs are only spaces there.
 _WHITESPACE_ALLOWED = {"service.restart", "service.is_active", *(f"hooks.{point}" for point in HOOK_POINTS)}
@@ -314,6 +325,9 @@ def _build(data: dict, path: Path) -> Config:
     if deploy_to.exists() and not deploy_to.is_dir():
         raise _fail(path, "deploy_to", f"names {deploy_to}, which exists and is not a directory")
     install = data.get("install", {})
+    backups = data.get("backups", {})
+    if backups.get("keep", 10) < 1:
+        raise _fail(path, "backups.keep", "must be at least 1")
     repo = data["repo"]
     if "://" not in repo and not _looks_like_scp(repo):
         repo = str(resolve(repo))
@@ -347,7 +361,13 @@ def _build(data: dict, path: Path) -> Config:
             timeout=float(hooks.get("timeout", 300)),
         ),
         notify=NotifyConfig(notify["webhook_env"], float(notify.get("timeout", 5))) if notify else None,
+        backups=BackupsConfig(keep=backups.get("keep", 10), pg_dump=_program(backups.get("pg_dump", "pg_dump"), resolve)),
     )
+
+
+def _program(value: str, resolve) -> str:
+    """A program name is looked up on PATH; a path is relative to the config file."""
+    return str(resolve(value)) if "/" in value else value
 
 
 def _check_hooks(path: Path, hooks: dict) -> None:

@@ -1,8 +1,10 @@
-"""The SQLite database's migration state, read directly, and online backups (docs/design.md §6.2, §7)."""
+"""The SQLite database's migration state, read directly, and online backups; the migration graph
+recorded in RELEASE.json (docs/design.md §6.2, §7). Other engines: deployer/database.py."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -139,9 +141,8 @@ def backup(db: Path, backups: Path, label: str) -> Path | None:
     if not exists(db):
         return None
     backups.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in backups.glob(f".*{PARTIAL}"):  # left by a run killed mid-copy
-        stale.unlink(missing_ok=True)
-    target = _free_name(backups, backup_stem(db, label))
+    remove_partials(backups)
+    target = free_name(backups, backup_stem(str(db), label), SQLITE_SUFFIX)
     partial = backups / f".{target.name}{PARTIAL}"
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
     try:
@@ -163,17 +164,27 @@ def backup(db: Path, backups: Path, label: str) -> Path | None:
 
 
 PARTIAL = ".partial"
+SQLITE_SUFFIX = ".sqlite3"
 
 
-def backup_stem(db: Path, label: str, when: datetime | None = None) -> str:
-    """The name of a backup, before its .sqlite3 suffix (and -2, -3... if taken)."""
+def remove_partials(backups: Path) -> None:
+    """Partial copies left by a run killed mid-backup."""
+    for stale in backups.glob(f".*{PARTIAL}"):
+        stale.unlink(missing_ok=True)
+
+
+def backup_stem(name: str, label: str, when: datetime | None = None) -> str:
+    """<database>-<UTC time>-<label>, before the suffix (and -2, -3... if taken). `name` is the
+    SQLite file or the PostgreSQL database name."""
     stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{db.stem}-{stamp}-{label}"
+    base = Path(name).stem if name.endswith(SQLITE_SUFFIX) or "/" in name else name
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", base)[:64] or "database"
+    return f"{safe}-{stamp}-{label}"
 
 
-def _free_name(directory: Path, stem: str) -> Path:
+def free_name(directory: Path, stem: str, suffix: str) -> Path:
     for attempt in range(1, 100):
-        target = directory / (f"{stem}.sqlite3" if attempt == 1 else f"{stem}-{attempt}.sqlite3")
+        target = directory / (f"{stem}{suffix}" if attempt == 1 else f"{stem}-{attempt}{suffix}")
         if not target.exists():
             return target
     raise OperationFailed(f"cannot find a free backup name for {stem} in {directory}")

@@ -4,7 +4,7 @@ changing nothing (docs/design.md §15).
 A plan takes no lock and writes nothing under releases/, current, shared/ or state/: it only
 fetches the mirror (skipped while another deploy holds the lock, whose own fetch it must not
 race), reads RELEASE.json files and history, reads the database without touching its files
-(migrations.applied), and runs git and the configured interpreter read-only. Bad input raises
+(migrations.applied, or through a release's Django: database.read), and runs git and the configured interpreter read-only. Bad input raises
 BadInput (exit 2) exactly where the real run would; a refusal the real run would end with is
 recorded as `refused` and reported after the plan is printed (exit 1).
 """
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from deployer import envfile, git, lock, migrations, releases, schema, service, venv
+from deployer import database, envfile, git, lock, migrations, releases, schema, service, venv
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
@@ -134,25 +134,26 @@ def deploy_plan(config: Config, paths: Paths, ref: str) -> Plan:
     if not plan.data["build"]["needed"]:
         _activation(config, paths, plan, sha, releases.read_metadata(paths.release(sha)) or {}, "deploy", exact=True)
         return plan
-    meta, exact = _predicted_meta(config, paths, sha, plan.data["build"])
+    meta, exact, reference = _predicted_meta(config, paths, sha, plan.data["build"])
     if meta is None:
         plan.step("migrate", "not known before the build: no built release to take the graph's other apps from")
         plan.data["current"]["after"] = sha
         plan.step("switch current", f"current would point at releases/{sha} (now none)")
         return plan
-    _activation(config, paths, plan, sha, meta, "deploy", exact=exact)
+    _activation(config, paths, plan, sha, meta, "deploy", exact=exact, code=reference)
     return plan
 
 
-def _predicted_meta(config: Config, paths: Paths, sha: str, build: dict) -> tuple[dict | None, bool]:
+def _predicted_meta(config: Config, paths: Paths, sha: str, build: dict) -> tuple[dict | None, bool, str | None]:
     """The migration graph a build of `sha` would record, before it is built, and whether it is
     exact: the commit's own migration files, plus the other apps' (Django's, Wagtail's) from the
     release whose venv it would reuse (exact), or, when the venv is built anew, from the live
-    release (inexact). None when there is no release to take them from."""
+    release (inexact). None when there is no release to take them from. The third value is that
+    release: its Django reads a database the deployer cannot read itself."""
     reference = build["venv_from"] or current_sha(paths)
     ref_meta = releases.read_metadata(paths.release(reference)) if reference else None
     if not ref_meta:
-        return None, False
+        return None, False, None
     own = _tree_migrations(paths, sha, config.django.project_dir)
     own_apps = {app for app, _ in own}
     graph = ref_meta.get("migrations", {})
@@ -161,7 +162,7 @@ def _predicted_meta(config: Config, paths: Paths, sha: str, build: dict) -> tupl
     leaves |= {(app, max(name for a, name in own if a == app)) for app in own_apps}
     meta = {"migrations": {"nodes": [list(n) for n in sorted(nodes)], "leaves": [list(n) for n in sorted(leaves)]},
             "database": ref_meta.get("database", {})}
-    return meta, build["venv"] == "reuse"
+    return meta, build["venv"] == "reuse", reference
 
 
 def _tree_migrations(paths: Paths, sha: str, project_dir: str) -> set[migrations.Migration]:
@@ -193,14 +194,15 @@ def activate_plan(config: Config, paths: Paths, sha_or_prefix: str) -> Plan:
     return plan
 
 
-def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, action: str, *, exact: bool) -> None:
+def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, action: str, *, exact: bool,
+                code: str | None = None) -> None:
     previous, already_live, finishing = starting_point(paths, sha)
     if already_live:
         plan.step("activate", f"release {sha[:12]} is already live; nothing to do")
         return
     if finishing:
         plan.step("activate", f"current already points at {sha[:12]}, but that activation never finished; would finish it")
-    _go_live(config, paths, plan, sha, meta, previous, action, exact=exact, unapply_with=None, force=False)
+    _go_live(config, paths, plan, sha, meta, previous, action, exact=exact, unapply_with=None, force=False, code=code)
 
 
 def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> Plan:
@@ -233,25 +235,25 @@ def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, f
 
 
 def _go_live(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, previous: str | None, action: str,
-             *, exact: bool, unapply_with: str | None, force: bool) -> None:
+             *, exact: bool, unapply_with: str | None, force: bool, code: str | None = None) -> None:
     """The steps of activate.go_live, decided by schema.plan as the real run decides them."""
     service.require_restart_program(config)
+    env_values = envfile.load(config.env_file, config.required_env)
     notes: list[str] = []
     try:
-        decided = schema.plan(paths, sha, meta, unapply_with=unapply_with, force=force, note=notes.append)
+        decided = schema.plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
+                              note=notes.append, code=code)
     except OperationFailed as exc:
         plan.refuse(exc, "migrate")
         return
     apply = [f"{app}.{name}" for app, name in decided.to_apply]
     unapply = [f"{app}.{name}" for app, name in decided.ahead]
     plan.data["migrations"] = {
-        "database": str(migrations.database_path(meta) or "") or None,
+        "database": decided.database.describe(),
         "apply": apply, "unapply": unapply, "unapply_with": decided.helper,
         "kept": [f"{app}.{name}" for app, name in decided.kept], "exact": exact,
     }
-    if not decided.engine_known:
-        plan.step("migrate", "not SQLite: `migrate` would decide what is pending")
-    elif apply:
+    if apply:
         plan.step("migrate", f"would apply {', '.join(apply)} with {sha[:12]}'s code"
                   + ("" if exact else " (the graph is known exactly only after the build: the venv is built anew)"))
     elif not unapply:
@@ -260,10 +262,12 @@ def _go_live(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, pre
         if line.startswith("--force"):
             plan.step("migrate", line.replace("--force: leaving", "--force: would leave"))
     if decided.needs_backup:
-        db = migrations.database_path(meta)
-        backup = str(paths.backups / (migrations.backup_stem(db, f"before-{action}-{sha[:12]}") + ".sqlite3"))
+        stem = migrations.backup_stem(decided.database.name, f"before-{action}-{sha[:12]}")
+        backup = str(paths.backups / (stem + database.backup_suffix(decided.database)))
         plan.data["backup"] = backup
-        plan.step("back up database", f"would copy {db} to {backup} (the name carries the real run's time)")
+        how = "pg_dump --format=custom" if decided.database.vendor == "postgresql" else "copy"
+        plan.step("back up database", f"would {how} {decided.database.describe()} to {backup} "
+                  "(the name carries the real run's time)")
     else:
         plan.step("back up database", "none" + (" (an empty database: a first deploy)" if decided.changes else " (nothing changes)"))
     _hooks(config, plan, "before_switch")
@@ -297,15 +301,18 @@ def prune_plan(config: Config, paths: Paths, keep: int) -> Plan:
     plan.data["prune"] = {
         "keep": keep, "delete": chosen.doomed, "temp_dirs": [tmp.name for tmp in chosen.stale],
         "in_use": sorted(chosen.busy), "frees_bytes": chosen.freed,
+        "backups": [backup.name for backup in chosen.backups],
     }
     for sha in chosen.doomed:
         plan.step("delete", f"would remove {sha[:12]}  {chosen.built[sha].get('subject', '')}")
     for tmp in chosen.stale:
         plan.step("delete", f"would remove {tmp.name} (interrupted build)")
+    for backup in chosen.backups:
+        plan.step("delete", f"would remove backup {backup.name} (keeping the newest {config.backups.keep})")
     for sha in sorted(chosen.busy):
         plan.step("keep", f"keeping {sha[:12]}: a running process uses it")
     plan.step("free", f"would free {prune_cmd.human(chosen.freed)} ({len(chosen.doomed)} release(s), "
-              f"{len(chosen.stale)} temp dir(s))")
+              f"{len(chosen.stale)} temp dir(s), {len(chosen.backups)} backup(s))")
     return plan
 
 

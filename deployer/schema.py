@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from deployer import database as database_
 from deployer import django, migrations, releases
 from deployer.config import Config
 from deployer.errors import OperationFailed
@@ -31,18 +32,20 @@ class Plan:
 
     sha: str
     meta: dict
-    engine_known: bool = True  # False: not SQLite, `migrate` decides what is pending
+    database: database_.Database
     ahead: list[migrations.Migration] = field(default_factory=list)
     pending: list[migrations.Migration] = field(default_factory=list)
     helper: str | None = None  # the release whose code unapplies `ahead`
-    empty: bool = True  # nothing applied yet (a first deploy): nothing worth a backup
     backup: str | None = None
-    applied: set[migrations.Migration] = field(default_factory=set)  # what the database had
     kept: list[migrations.Migration] = field(default_factory=list)  # ahead, left in place by --force
 
     @property
+    def applied(self) -> set[migrations.Migration]:
+        return self.database.applied
+
+    @property
     def changes(self) -> bool:
-        return bool(self.ahead or self.pending or not self.engine_known)
+        return bool(self.ahead or self.pending)
 
     @property
     def to_apply(self) -> list[migrations.Migration]:
@@ -53,34 +56,23 @@ class Plan:
     @property
     def needs_backup(self) -> bool:
         """A backup before the first change; none for an empty database (a first deploy)."""
-        db = migrations.database_path(self.meta)
-        return self.changes and db is not None and not self.empty and migrations.exists(db)
+        return self.changes and self.database.has_data()
 
 
 def names(found: list[migrations.Migration]) -> str:
     return ", ".join(f"{app}.{name}" for app, name in found)
 
 
-def matches(meta: dict) -> bool:
-    """Whether the database is exactly at the release's graph: nothing pending, nothing ahead.
-    True for databases the deployer cannot read itself (not SQLite): nothing to restore."""
-    db = migrations.database_path(meta)
-    if db is None:
-        return True
-    done = migrations.applied(db)
-    return not migrations.unknown_to(meta, done) and not migrations.pending(meta, done)
-
-
-def plan(paths: Paths, sha: str, meta: dict, *, unapply_with: str | None, force: bool, note: Note) -> Plan:
+def plan(
+    config: Config, paths: Paths, env_values: dict[str, str], sha: str, meta: dict,
+    *, unapply_with: str | None, force: bool, note: Note, code: str | None = None,
+) -> Plan:
     """Read the database and decide. `unapply_with` names the release whose code may unapply
-    migrations the target does not know; None refuses them (unless `force`). Changes nothing."""
-    db = migrations.database_path(meta)
-    if db is None:
-        note("not SQLite: `migrate` decides what is pending")
-        return Plan(sha, meta, engine_known=False)
-    done = migrations.applied(db)
-    result = Plan(sha, meta, ahead=migrations.unknown_to(meta, done), pending=migrations.pending(meta, done),
-                  empty=not done, applied=done)
+    migrations the target does not know; None refuses them (unless `force`). `code` is the
+    release whose Django reads a non-SQLite database (default: the target). Changes nothing."""
+    database = database_.read(config, paths, env_values, meta, code or sha)
+    done = database.applied
+    result = Plan(sha, meta, database, ahead=migrations.unknown_to(meta, done), pending=migrations.pending(meta, done))
     if result.ahead and force:
         note(f"--force: leaving applied migrations {sha[:12]} does not contain: {names(result.ahead)}")
         result.kept, result.ahead = result.ahead, []
@@ -97,11 +89,11 @@ def plan(paths: Paths, sha: str, meta: dict, *, unapply_with: str | None, force:
     return result
 
 
-def back_up(paths: Paths, plan_: Plan, label: str, note: Note) -> None:
+def back_up(config: Config, paths: Paths, plan_: Plan, label: str, note: Note) -> None:
     """A backup before the first change (none for an empty database: a first deploy)."""
     if not plan_.needs_backup:
         return
-    backup = migrations.backup(migrations.database_path(plan_.meta), paths.backups, label)
+    backup = database_.backup(config, plan_.database, paths.backups, label)
     if backup:
         plan_.backup = str(backup)
         note(f"database backed up to {backup}")
@@ -110,7 +102,6 @@ def back_up(paths: Paths, plan_: Plan, label: str, note: Note) -> None:
 def apply_pending(config: Config, paths: Paths, env_values: dict[str, str], plan_: Plan, note: Note) -> None:
     if plan_.pending:
         note(f"applying {names(plan_.pending)} with {plan_.sha[:12]}'s code")
-    if plan_.pending or not plan_.engine_known:
         _run(config, paths, env_values, plan_.sha, plan_.backup, "migrate", "--noinput")
 
 
@@ -123,13 +114,16 @@ def unapply_ahead(config: Config, paths: Paths, env_values: dict[str, str], plan
 def bring_to(
     config: Config, paths: Paths, env_values: dict[str, str], sha: str, meta: dict,
     *, unapply_with: str | None, label: str, note: Note,
-) -> str | None:
-    """All of it at once (a switch-back, where `current` already moved): returns the backup."""
-    plan_ = plan(paths, sha, meta, unapply_with=unapply_with, force=False, note=note)
-    back_up(paths, plan_, label, note)
+) -> bool:
+    """All of it at once (a switch-back, where `current` already moved). Returns whether the
+    database needed a change; it reads the database once when it matches already."""
+    plan_ = plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=False, note=lambda _: None)
+    if not plan_.changes:
+        return False
+    back_up(config, paths, plan_, label, note)
     unapply_ahead(config, paths, env_values, plan_, note)
     apply_pending(config, paths, env_values, plan_, note)
-    return plan_.backup
+    return True
 
 
 def _code_that_knows(paths: Paths, ahead: list[migrations.Migration], candidate: str | None) -> str | None:

@@ -79,8 +79,9 @@ def go_live(
     backup = None
     try:
         with progress.step(schema_step):
-            plan = schema.plan(paths, sha, meta, unapply_with=unapply_with, force=force, note=progress.note)
-            schema.back_up(paths, plan, f"before-{action}-{sha[:12]}", progress.note)
+            plan = schema.plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
+                               note=progress.note)
+            schema.back_up(config, paths, plan, f"before-{action}-{sha[:12]}", progress.note)
             backup = plan.backup
             schema.apply_pending(config, paths, env_values, plan, progress.note)
         # Still SCHEMA: a failing command puts the schema back and leaves current alone.
@@ -202,16 +203,14 @@ def _restore_schema(config, paths, sha, previous, env_values) -> str:
     if meta is None:
         return f"the database was left as it is: {previous[:12]}'s RELEASE.json cannot be read"
     try:
-        if schema.matches(meta):
-            return ""
-        schema.bring_to(
+        changed = schema.bring_to(
             config, paths, env_values, previous, meta, unapply_with=sha,
             label=f"before-restore-{previous[:12]}", note=lambda line: say(f"    {line}"),
         )
     except BaseException as exc:
         return (f"the database could NOT be brought back to {previous[:12]}'s migrations "
                 f"({as_failure(exc).message}); restore the backup in state/backups/ with the service stopped")
-    return f"the database is back on {previous[:12]}'s migrations"
+    return f"the database is back on {previous[:12]}'s migrations" if changed else ""
 
 
 def main(config: Config, paths: Paths, sha_or_prefix: str) -> None:

@@ -7,7 +7,7 @@ import shutil
 import sys
 from typing import Callable
 
-from deployer import envfile, git, releases, service, venv
+from deployer import database, envfile, git, releases, service, venv
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
@@ -77,6 +77,21 @@ def _live(config: Config, paths: Paths) -> str:
     return f"current is {live[:12]}, complete"
 
 
+def _database(config: Config, paths: Paths) -> str:
+    """The database answers through a release's own Django; for PostgreSQL, pg_dump can back it up."""
+    code = current_sha(paths) or next(iter(releases.by_build_time(releases.complete(paths))), None)
+    if code is None:
+        return "skipped: no release is built yet to read it with (the first build reads it)"
+    env_values = envfile.load(config.env_file, config.required_env)
+    meta = releases.read_metadata(paths.release(code)) or {}
+    found = database.read(config, paths, env_values, meta, code)
+    applied = f"{len(found.applied)} migrations applied" if found.applied else "empty (no migrations applied yet)"
+    if found.vendor != "postgresql":
+        return f"{found.describe()} (read for {code[:12]}): {applied}"
+    versions = database.require_new_enough_pg_dump(config, found)
+    return f"{found.describe()} answers (PostgreSQL {database.server_major(found)}): {applied}; {versions}"
+
+
 def _service(config: Config, paths: Paths) -> str:
     service.require_restart_program(config)
     if config.service.is_active:
@@ -102,6 +117,7 @@ CHECKS: list[tuple[str, Callable[[Config, Paths], str]]] = [
     ("uv", _uv),
     ("git repository", _repo),
     ("live release", _live),
+    ("database", _database),
     ("service", _service),
     ("nginx config", _nginx),
 ]

@@ -1,4 +1,5 @@
-"""`deployer prune --keep N`: delete old releases, never a needed one (docs/design.md §8)."""
+"""`deployer prune --keep N`: delete old releases, never a needed one, and database backups beyond
+the newest `backups.keep` (docs/design.md §8, §14)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployer import history, releases, smoke
+from deployer import database, history, releases, smoke
 from deployer.config import Config
 from deployer.errors import BadInput
 from deployer.paths import SHA_RE, Paths, current_sha, discard, remove_tree, stale_tmp_dirs, tree_bytes
@@ -74,6 +75,7 @@ class Selection:
     busy: set[str]  # releases a running process uses (other than current)
     protected: set[str]
     freed: int
+    backups: list[Path]  # database backups beyond the newest backups.keep
 
 
 def choose(config: Config, paths: Paths, keep: int) -> Selection:
@@ -87,8 +89,16 @@ def choose(config: Config, paths: Paths, keep: int) -> Selection:
     built = releases.complete(paths)
     doomed = select(built, keep, protected, history.failed_smoke(entries))
     stale = stale_tmp_dirs(paths)
-    freed = tree_bytes([paths.release(sha) for sha in doomed] + stale)
-    return Selection(built, doomed, stale, (busy & set(built)) - {live}, protected, freed)
+    old_backups = database.expired_backups(paths.backups, config.backups.keep)
+    freed = tree_bytes([paths.release(sha) for sha in doomed] + stale) + sum(_size(p) for p in old_backups)
+    return Selection(built, doomed, stale, (busy & set(built)) - {live}, protected, freed, old_backups)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
@@ -98,6 +108,8 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
         say(f"{verb} {sha[:12]}  {chosen.built[sha].get('subject', '')}")
     for tmp in chosen.stale:
         say(f"{verb} {tmp.name} (interrupted build)")
+    for backup in chosen.backups:
+        say(f"{verb} backup {backup.name} (keeping the newest {config.backups.keep})")
     for sha in sorted(chosen.busy):
         say(f"keeping {sha[:12]}: a running process uses it")
     if not dry_run:
@@ -105,8 +117,10 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
             discard(paths, paths.release(sha))
         for tmp in chosen.stale:
             remove_tree(tmp)
+        for backup in chosen.backups:
+            backup.unlink(missing_ok=True)
     summary = (f"{'would free' if dry_run else 'freed'} {human(chosen.freed)} "
-               f"({len(chosen.doomed)} release(s), {len(chosen.stale)} temp dir(s))")
+               f"({len(chosen.doomed)} release(s), {len(chosen.stale)} temp dir(s), {len(chosen.backups)} backup(s))")
     print(summary, file=sys.stdout)
 
 

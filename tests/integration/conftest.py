@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import postgres_server
 import pytest
 import yaml
 
@@ -97,6 +98,28 @@ def _add_migration(repo: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _add_failing_migration(repo: Path) -> None:
+    """A schema change, then a data step that raises: PostgreSQL rolls the whole migration back."""
+    (repo / "app" / "treatments" / "migrations" / "9001_fails_halfway.py").write_text(
+        "from django.db import migrations, models\n\n\n"
+        "def fail(apps, schema_editor):\n"
+        "    raise RuntimeError('this migration fails halfway')\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('treatments', '" + _latest_migration(repo, "treatments") + "')]\n"
+        "    operations = [\n"
+        "        migrations.AddField('treatmentpage', 'doomed', models.TextField(blank=True, default='')),\n"
+        "        migrations.RunPython(fail, migrations.RunPython.noop),\n"
+        "    ]\n"
+    )
+    _replace(repo / "app" / "treatments" / "models.py", "    summary = models.CharField(",
+             "    doomed = models.TextField(blank=True, default=\"\")\n    summary = models.CharField(")
+
+
+def _latest_migration(repo: Path, app: str) -> str:
+    names = [p.stem for p in (repo / "app" / app / "migrations").glob("[0-9]*.py")]
+    return max(names)
+
+
 @pytest.fixture(scope="session")
 def source_repo(tmp_path_factory) -> SourceRepo:
     """The app as it is in this working tree, with one branch per story."""
@@ -117,6 +140,7 @@ def source_repo(tmp_path_factory) -> SourceRepo:
     _commit_on(repo, "migration", "visible", "Treatments get an aftercare note", _add_migration)
     _commit_on(repo, "migration-no-boot", "migration", "A migration, and a WSGI app that cannot import",
                lambda r: _append(r / "app" / "config" / "wsgi.py", "\nraise RuntimeError('this release cannot boot')\n"))
+    _commit_on(repo, "bad-migration", "base", "A migration that fails halfway", _add_failing_migration)
     _commit_on(repo, "bad-check", "base", "Turn HSTS off (check --deploy must refuse)", lambda r: _append(
         r / "app" / "config" / "settings" / "production.py", "\nSECURE_HSTS_SECONDS = 0\n"))
     _commit_on(repo, "no-boot", "base", "A release whose WSGI app cannot import", lambda r: _append(
@@ -147,6 +171,7 @@ class Deployment:
     python: str
     uv_cache: Path
     port: int = field(default_factory=free_port)
+    pg_database: str | None = None  # set by the pg_deployment fixture
 
     def __post_init__(self) -> None:
         self.deploy_to = self.root / "deploy"
@@ -228,6 +253,11 @@ class Deployment:
         path = self.deploy_to / "state" / "history.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    def use_database_url(self, url: str) -> None:
+        """Point the app at PostgreSQL: DATABASE_URL in the env file (docs/design.md §14)."""
+        lines = [line for line in self.env_file.read_text().splitlines() if not line.startswith("DATABASE_URL=")]
+        self.env_file.write_text("\n".join([*lines, f"DATABASE_URL={url}"]) + "\n")
+
     def stop(self) -> None:
         if (self.deploy_to / "run").is_dir():
             subprocess.run(self.service_command("stop").split(), capture_output=True)
@@ -262,6 +292,48 @@ def deployment(tmp_path, source_repo, release_python, uv_cache, migrated_db):
     d = Deployment(tmp_path, source_repo, release_python, uv_cache)
     d.database.parent.mkdir(parents=True)
     shutil.copy(migrated_db, d.database)
+    yield d
+    d.stop()
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (tests/integration/postgres_server.py)."""
+    reason = postgres_server.missing_reason()
+    if reason:
+        if _ci():
+            pytest.fail(f"the PostgreSQL tests must run under CI=true but cannot: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests not run: {reason}")
+    server = postgres_server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_template(tmp_path_factory, postgres, source_repo, release_python, uv_cache) -> str:
+    """A real first deploy of `base` on an empty PostgreSQL database, kept as a template."""
+    d = Deployment(tmp_path_factory.mktemp("pg-first-deploy"), source_repo, release_python, uv_cache)
+    name = postgres.create_database("skinmenu_template")
+    d.use_database_url(postgres.url(name))
+    try:
+        result = d.ok("deploy", "base")
+        assert "database backed up" not in result.stderr  # nothing to back up on a first deploy
+        assert d.healthz() == {"status": "ok", "release": source_repo.sha("base"), "database": "ok"}
+    finally:
+        d.stop()
+    return name
+
+
+@pytest.fixture
+def pg_deployment(request, tmp_path, source_repo, release_python, uv_cache, postgres, pg_template):
+    """A deploy root whose app uses its own PostgreSQL database, with `base`'s migrations applied."""
+    d = Deployment(tmp_path, source_repo, release_python, uv_cache)
+    d.pg_database = postgres.clone_database(pg_template, f"t_{secrets.token_hex(6)}")
+    d.use_database_url(postgres.url(d.pg_database))
     yield d
     d.stop()
 

@@ -8,7 +8,10 @@ deployer load them from the env file /etc/skinmenu/skinmenu.env (mode 0640, neve
     DJANGO_CSRF_TRUSTED_ORIGINS  required under production; comma-separated, with scheme
     WAGTAILADMIN_BASE_URL        required under production; e.g. https://skinmenu.example.com
     DJANGO_SECURE_SSL_REDIRECT   optional, default true; false/0/no for a plain-HTTP local deploy
-    DJANGO_DB_PATH               optional SQLite file (default <release>/db/skinmenu.sqlite3)
+    DATABASE_URL                 optional; e.g. postgres://skinmenu:PASSWORD@db.internal:5432/skinmenu
+                                 (the password percent-encoded). Unset: SQLite, as below
+    DJANGO_DB_PATH               optional SQLite file (default <release>/db/skinmenu.sqlite3);
+                                 not together with DATABASE_URL
     DJANGO_MEDIA_ROOT            optional media directory (default <release>/media)
 
 The including module decides whether the four are required by setting REQUIRE_ENV = True
@@ -135,10 +138,33 @@ if _ssl_redirect is not None:
         # itself, not a finding, and would fail `check --deploy --fail-level WARNING`.
         SILENCED_SYSTEM_CHECKS = [*_including.get("SILENCED_SYSTEM_CHECKS", []), "security.W008"]
 
-# --- paths ---------------------------------------------------------------------------------
+# --- database (docs/design.md §10, §14) ------------------------------------------------------
 
+# Persistent connections: a gunicorn sync worker serves one request at a time, so each worker
+# keeps at most one connection; reusing it for 60 s saves the TCP + SCRAM handshake (several ms)
+# on every request, and at most workers x servers (x2 during a standby window) connections stay
+# open. CONN_HEALTH_CHECKS pings a reused connection before a request, so a PostgreSQL restart
+# or a dropped idle connection costs one reconnect, never a 500.
+_CONN_MAX_AGE = 60
+
+_database_url = _get("DATABASE_URL", required=False)
 _db_path = _get("DJANGO_DB_PATH", required=False)
-if _db_path is not None:
+if _database_url is not None:
+    if _db_path is not None:
+        raise ImproperlyConfigured("DATABASE_URL and DJANGO_DB_PATH are both set: keep one")
+    import dj_database_url
+
+    try:
+        _database = dj_database_url.parse(_database_url, conn_max_age=_CONN_MAX_AGE, conn_health_checks=True)
+    except Exception as exc:  # the parser's errors quote the URL, password included
+        raise ImproperlyConfigured(
+            f"DATABASE_URL cannot be parsed ({type(exc).__name__}); expected e.g. "
+            "postgres://USER:PASSWORD@HOST:5432/NAME"
+        ) from None
+    if not _database.get("ENGINE") or not _database.get("NAME"):
+        raise ImproperlyConfigured("DATABASE_URL names no database engine or database name")
+    DATABASES = {"default": _database}
+elif _db_path is not None:
     _databases = _including.get("DATABASES")
     if not _databases:
         raise ImproperlyConfigured("DJANGO_DB_PATH is set but no DATABASES to apply it to")
@@ -146,6 +172,8 @@ if _db_path is not None:
         **_databases,
         "default": {**_databases["default"], "NAME": Path(_db_path).expanduser()},
     }
+
+# --- paths ---------------------------------------------------------------------------------
 
 _media_root = _get("DJANGO_MEDIA_ROOT", required=False)
 if _media_root is not None:
