@@ -222,3 +222,59 @@ def test_dev_settings_in_this_test_run(settings):
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     assert settings.STATICFILES_DIRS == [settings.APP_DIR / "static"]
+
+
+def without_db_path(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k != "DJANGO_DB_PATH"}
+
+
+DATABASE_SETTINGS = ["-c", textwrap.dedent(
+    """
+    import json
+    from django.conf import settings
+    db = settings.DATABASES["default"]
+    print(json.dumps({k: db.get(k) for k in ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT",
+                                             "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "OPTIONS")}, default=str))
+    """
+)]
+
+
+def test_database_url_selects_postgresql_with_persistent_checked_connections(python, prod_env):
+    url = "postgres://skinmenu:p%40ss%3Aw%2Frd@db.internal:6432/skinmenu?sslmode=require"
+    result = python(DATABASE_SETTINGS, env={**without_db_path(prod_env), "DATABASE_URL": url})
+    assert result.returncode == 0, result.stderr
+    db = json.loads(result.stdout.strip().splitlines()[-1])
+    assert db == {"ENGINE": "django.db.backends.postgresql", "NAME": "skinmenu", "USER": "skinmenu",
+                  "PASSWORD": "p@ss:w/rd", "HOST": "db.internal", "PORT": 6432, "CONN_MAX_AGE": 60,
+                  "CONN_HEALTH_CHECKS": True, "OPTIONS": {"sslmode": "require"}}
+
+
+def test_without_database_url_the_site_stays_on_sqlite(python, prod_env):
+    result = python(DATABASE_SETTINGS, env=prod_env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["ENGINE"] == "django.db.backends.sqlite3"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgres://skinmenu:hunter2-secret@db.internal:notaport/skinmenu", "DATABASE_URL cannot be parsed"),
+    ("nosuchengine://skinmenu:hunter2-secret@db.internal/skinmenu", "DATABASE_URL cannot be parsed"),
+])
+def test_a_broken_database_url_is_named_without_its_password(python, prod_env, url, message):
+    result = python(DATABASE_SETTINGS, env={**without_db_path(prod_env), "DATABASE_URL": url})
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_database_url_and_a_sqlite_path_together_are_refused(python, prod_env):
+    env = {**prod_env, "DATABASE_URL": "postgres://u:p@h/skinmenu", "DJANGO_DB_PATH": "/srv/db.sqlite3"}
+    result = python(DATABASE_SETTINGS, env=env)
+    assert result.returncode != 0
+    assert "DATABASE_URL and DJANGO_DB_PATH are both set" in result.stderr
+
+
+def test_check_deploy_is_clean_under_postgresql(manage, prod_env):
+    env = {**without_db_path(prod_env), "DATABASE_URL": "postgres://skinmenu:secret@127.0.0.1:1/skinmenu"}
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout

@@ -22,4 +22,5 @@ REQUIRE_ENV = False
 from .local import *  # noqa: E402, F403
 
 # The SQLite file's directory (<repo>/db by default) may not exist in a fresh checkout.
-Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)  # noqa: F405
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)  # noqa: F405
