@@ -144,9 +144,10 @@ def test_a_backup_restores_with_pg_restore_clean_as_the_server_guide_says(pg_dep
 
     d.stop()
     started = time.monotonic()
+    database_url = load_env(d.env_file, ())["DATABASE_URL"]  # the guide's command, word for word
     restore = subprocess.run([postgres_server.client("pg_restore"), "--clean", "--if-exists", "--no-owner",
-                              "--single-transaction", "--dbname", db, str(dump)],
-                             capture_output=True, text=True, env=postgres.env(db))
+                              "--single-transaction", "--dbname", database_url, str(dump)],
+                             capture_output=True, text=True)
     seconds = time.monotonic() - started
     assert restore.returncode == 0, restore.stderr
     assert page_titles(postgres, db) == {"Before the backup"}
