@@ -57,6 +57,10 @@ def test_optional_keys_may_be_left_out(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(backups={"keep": 0}), "key 'backups.keep' must be at least 1"),
+    (lambda d: d.update(backups={"keep": "ten"}), "key 'backups.keep' must be an integer"),
+    (lambda d: d.update(backups={"pg_dump": ""}), "key 'backups.pg_dump' must not be empty"),
+    (lambda d: d.update(backups={"gzip": True}), "unknown key 'backups.gzip'"),
     (lambda d: d.update(colour="blue"), "unknown key 'colour'"),
     (lambda d: d["smoke"].update(retries=3), "unknown key 'smoke.retries'"),
     (lambda d: d.pop("deploy_to"), "missing required key 'deploy_to'"),
@@ -208,3 +212,10 @@ def test_an_empty_config_option_is_bad_input_not_the_default_file():
     result = CliRunner().invoke(main, ["--config", "", "list"])
     assert result.exit_code == 2
     assert "empty file name" in result.output
+
+
+def test_backups_default_to_ten_and_pg_dump_on_path(tmp_path):
+    config = load_config(write(tmp_path, valid()))
+    assert (config.backups.keep, config.backups.pg_dump) == (10, "pg_dump")
+    config = load_config(write(tmp_path, valid() | {"backups": {"keep": 3, "pg_dump": "bin/pg_dump"}}))
+    assert (config.backups.keep, config.backups.pg_dump) == (3, str(tmp_path / "bin" / "pg_dump"))
