@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Colours:
 
     new: str
     old: str | None
+    old_link: str | None = None  # what live.sock pointed at before (restart strategy: skinmenu.sock)
 
 
 def activate(
@@ -154,7 +156,7 @@ def go_live(
                 record = {"action": action, "backup": backup, "seconds": round(time.monotonic() - started, 2),
                           "steps": dict(progress.durations)}
                 _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values,
-                                       _result_of(stage, exc), record)
+                                       _result_of(stage, exc), record, colours)
         if failure is exc:
             raise
         raise failure from exc
@@ -190,11 +192,12 @@ def _put_back_schema(config, paths, sha, previous, failure, env_values):
     failure.hint = "; ".join(part for part in (f"the live release is untouched: {live}", schema_note, failure.hint) if part)
 
 
-def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record):
+def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record, colours=None):
     """`current` may have moved: relink the previous release, bring the database back to its
     migrations, restart and smoke-test it, record the attempt. Each part reports the true state
     even when it fails itself."""
-    colours = _colours_now(config, paths, sha) if config.service.standby else None
+    if config.service.standby and colours is None:
+        colours = _colours_now(config, paths, sha)
     try:
         if previous is None:
             say(f"    no release was live before {sha[:12]}; removing current")
@@ -236,6 +239,10 @@ def _prepare_standby(config: Config, paths: Paths, progress: Progress, sha: str,
         live, new = (old if standby.slot_sha(paths, old) else None), live
     else:
         new = standby.other(live) if live else standby.COLOURS[0]
+    try:
+        old_link = os.readlink(standby.socket_link(paths))
+    except OSError:
+        old_link = None
     warm = standby.slot_sha(paths, new) == sha and standby.running(config, new)
     if warm:
         with progress.step(f"{new} already runs {sha[:12]}"):
@@ -249,7 +256,7 @@ def _prepare_standby(config: Config, paths: Paths, progress: Progress, sha: str,
             standby.start(config, new)
     with progress.step(f"smoke test {new} socket"):
         smoke.run(config.smoke, sha, paths.release(sha), socket_path=config.service.socket_of(new))
-    return Colours(new, live)
+    return Colours(new, live, old_link)
 
 
 def _leave_standby(config: Config, paths: Paths, colours: Colours, progress: Progress) -> None:
@@ -278,6 +285,8 @@ def _colours_now(config: Config, paths: Paths, sha: str) -> Colours:
 def _socket_back(config: Config, paths: Paths, colours: Colours, previous: str | None) -> None:
     if colours.old is not None and standby.slot_sha(paths, colours.old) == previous:
         standby.point_socket_at(config, paths, colours.old)
+    elif colours.old_link is not None:
+        standby.replace_link(standby.socket_link(paths), colours.old_link)
     elif previous is None:
         standby.remove_socket_link(paths)
 

@@ -295,10 +295,16 @@ def migrated_db(tmp_path_factory, source_repo, release_python, uv_cache) -> Path
     return template
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "strategy(name): the service.strategy of the `deployment` fixture")
+
+
 @pytest.fixture
-def deployment(tmp_path, source_repo, release_python, uv_cache, migrated_db):
-    """A deploy root whose shared database already has `base`'s migrations applied."""
-    d = Deployment(tmp_path, source_repo, release_python, uv_cache)
+def deployment(request, tmp_path, source_repo, release_python, uv_cache, migrated_db):
+    """A deploy root whose shared database already has `base`'s migrations applied. Standby, as
+    production runs, unless the test is marked @pytest.mark.strategy("restart")."""
+    marker = request.node.get_closest_marker("strategy")
+    d = Deployment(tmp_path, source_repo, release_python, uv_cache, strategy=marker.args[0] if marker else "standby")
     d.database.parent.mkdir(parents=True)
     shutil.copy(migrated_db, d.database)
     yield d

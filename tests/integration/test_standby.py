@@ -229,3 +229,63 @@ def test_a_standby_that_cannot_boot_changes_nothing_live(deployment, source_repo
     assert deployment.current == base and live_colour(deployment) == "blue"
     assert deployment.healthz()["release"] == base
     assert deployment.history()[-1]["result"] == "failed-smoke"
+
+
+def test_status_shows_both_colours_and_list_marks_the_standby(deployment, source_repo):
+    deployment.ok("deploy", "base")
+    deployment.ok("deploy", "second")
+    base, second = source_repo.sha("base"), source_repo.sha("second")
+
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    text = deployment.ok("status").stdout
+    listed = {row["sha"]: row for row in json.loads(deployment.ok("list", "--json").stdout)["releases"]}
+
+    assert status["strategy"] == "standby" and status["service"] == "active"
+    assert status["colours"]["green"] == {"release": second, "running": True, "live": True, "standby_until": None}
+    blue = status["colours"]["blue"]
+    assert (blue["release"], blue["running"], blue["live"]) == (base, True, False) and blue["standby_until"]
+    assert "green:" in text and "LIVE" in text and "standby until" in text
+    assert listed[second]["state"] == "current" and not listed[second]["standby"]
+    assert listed[base]["state"] == "previous" and listed[base]["standby"] is True
+    assert "previous +standby" in deployment.ok("list").stdout
+
+
+def test_kill_9_inside_the_standby_steps_never_leaves_the_public_on_an_unchecked_release(deployment, source_repo):
+    """kill -9 at points inside the new steps. After each kill: the socket link points at a colour,
+    and after a restart of the units at worst (every gunicorn of the root stopped, the live colour
+    started again, as socket activation would) it serves the release its slot names. That is the
+    release `current` names, except after a kill between the two renames, which `status` reports
+    as an unfinished activation. Rerunning the command always finishes the job."""
+    from test_fault_injection import Run
+
+    deployment.ok("deploy", "base")
+    shas = [source_repo.sha("base"), deployment.release("second")]
+    violations = []
+    points = [(trigger, delay, group) for trigger in ("[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]")
+              for delay, group in ((0.0, False), (0.02, True))]
+    for number, (trigger, delay, whole_group) in enumerate(points):
+        target = shas[(number + 1) % 2]
+        run = Run(deployment, ("activate", target))
+        killed = run.kill_at(trigger, delay, whole_group)
+        where = f"activate {target[:7]} killed at {trigger}+{delay}s (group={whole_group}, killed={killed})"
+        current = deployment.current
+        colour = live_colour(deployment)
+        for c in ("blue", "green"):  # the reboot
+            subprocess.run(deployment.colour_command("stop").replace("{colour}", c).split(), capture_output=True)
+        subprocess.run(deployment.colour_command("start").replace("{colour}", colour).split(), check=True,
+                       capture_output=True)
+        served = deployment.healthz()["release"]
+        finished = json.loads(deployment.ok("status", "--json").stdout)["activation_finished"]
+        if served != slot(deployment, colour):
+            violations.append(f"{where}: the live colour {colour} serves {served[:7]}, its slot names another")
+        if served != current and finished:
+            violations.append(f"{where}: serves {served[:7]} but current is {current[:7]} and status says finished")
+        again = deployment.deployer("activate", target)
+        if again.returncode != 0:
+            violations.append(f"{where}: rerun exited {again.returncode}: {again.stderr.strip().splitlines()[-1]}")
+            continue
+        leftovers = [p.name for p in deployment.deploy_to.glob(".*") if p.is_symlink()]
+        leftovers += [p.name for p in (deployment.deploy_to / "slots").glob(".*")]
+        if deployment.current != target or deployment.healthz()["release"] != target or leftovers:
+            violations.append(f"{where}: after the rerun current={deployment.current[:7]}, leftovers={leftovers}")
+    assert violations == []
