@@ -15,7 +15,7 @@ import traceback
 
 import click
 
-from deployer import __version__, notify, releases, signals
+from deployer import __version__, notify, releases, signals, standby
 from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
@@ -99,9 +99,19 @@ def _run_locked(session: Session, wait: float, command_main, *args) -> None:
     watch = notify.Watch(config, paths, click.get_current_context().info_name, args)
     try:
         with _locked(paths, wait), watch.running():
+            _expire_standby(config, paths)
             command_main(config, paths, *args)
     finally:
         watch.send()
+
+
+def _expire_standby(config: Config, paths: Paths) -> None:
+    """Every command that takes the lock first stops a standby whose window has passed
+    (docs/design.md §16); a failure to stop it is a warning, never the command's failure."""
+    try:
+        standby.stop_expired(config, paths, say=lambda line: click.echo(line, err=True))
+    except DeployError as exc:
+        click.echo(f"deployer: warning: stopping the expired standby failed: {exc.message}", err=True)
 
 
 def _option(param: click.Parameter | None) -> str:
@@ -263,6 +273,7 @@ def prune(session: Session, keep: int | None, dry_run: bool, wait: float, plan: 
     watch = notify.Watch(config, paths, "prune", ())
     try:
         with _locked(paths, wait), watch.running():
+            _expire_standby(config, paths)
             prune_cmd.main(config, paths, config.keep_releases if keep is None else keep, dry_run)
     finally:
         watch.send()
@@ -284,6 +295,18 @@ def status(session: Session, as_json: bool) -> None:
     """Current and previous release, lock holder, service state, site health."""
     config, paths = session.load()
     status_cmd.main(config, paths, as_json)
+
+
+@main.command(name="expire-standby")
+@wait_option
+@click.pass_obj
+def expire_standby(session: Session, wait: float) -> None:
+    """Stop the standby colour if its window has passed (skinmenu-standby.timer runs this)."""
+    config, paths = session.load()
+    with _locked(paths, wait):
+        stopped = standby.stop_expired(config, paths, say=lambda line: click.echo(line, err=True))
+    if stopped is None:
+        click.echo("no expired standby", err=True)
 
 
 @main.command()

@@ -40,18 +40,44 @@ class DjangoConfig:
     requirements: str
 
 
+STRATEGIES = ("restart", "standby")
+COLOURS = ("blue", "green")
+COLOUR_FIELD = "{colour}"
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
-    restart: str
+    """How the app service is driven (docs/design.md §6, §16). `restart`: one instance, switched
+    by a restart. `standby`: two instances (blue, green) whose `start`, `stop`, `is_active` and
+    `socket` name the colour as `{colour}`."""
+
+    restart: str | None = None
     is_active: str | None = None
+    strategy: str = "restart"
+    standby_seconds: float = 600.0
+    start: str | None = None
+    stop: str | None = None
+    socket: str | None = None
 
     @property
     def restart_argv(self) -> list[str]:
-        return split_command(self.restart)
+        return split_command(self.restart) if self.restart else []
 
     @property
     def is_active_argv(self) -> list[str] | None:
         return split_command(self.is_active) if self.is_active else None
+
+    @property
+    def standby(self) -> bool:
+        return self.strategy == "standby"
+
+    def colour_argv(self, command: str, colour: str) -> list[str]:
+        """A `{colour}` command for one colour: split first, then filled in, so a colour can never
+        change how the command splits."""
+        return [part.replace(COLOUR_FIELD, colour) for part in split_command(command)]
+
+    def socket_of(self, colour: str) -> Path:
+        return Path((self.socket or "").replace(COLOUR_FIELD, colour))
 
 
 @dataclass(frozen=True)
@@ -127,7 +153,15 @@ class Config:
 
 # key -> (type, required). Nested sections map to their own schema dicts.
 _DJANGO = {"project_dir": (str, True), "settings": (str, True), "requirements": (str, True)}
-_SERVICE = {"restart": (str, True), "is_active": (str, False)}
+_SERVICE = {
+    "strategy": (str, False),
+    "restart": (str, False),
+    "is_active": (str, False),
+    "standby_seconds": ((int, float), False),
+    "start": (str, False),
+    "stop": (str, False),
+    "socket": (str, False),
+}
 _INSTALL = {"find_links": (str, False), "offline": (bool, False), "cache_dir": (str, False)}
 _SMOKE = {
     "url": (str, True),
@@ -158,7 +192,7 @@ _TOP = {
     "backups": (_BACKUPS, False),
 }
 # Commands are split like a shell would split them, so line breaks and tabs are only spaces there.
-_WHITESPACE_ALLOWED = {"service.restart", "service.is_active", *(f"hooks.{point}" for point in HOOK_POINTS)}
+_WHITESPACE_ALLOWED = {"service.restart", "service.is_active", "service.start", "service.stop", *(f"hooks.{point}" for point in HOOK_POINTS)}
 
 
 def config_path(explicit: str | None) -> Path:
@@ -308,11 +342,7 @@ def _build(data: dict, path: Path) -> Config:
     for name in data.get("required_env", []):
         if not _VARIABLE.fullmatch(name):
             raise BadInput(f"{path}: key 'required_env' entry {shown(name)} is not a variable name")
-    for key, command in data["service"].items():
-        try:
-            split_command(command)
-        except BadInput as exc:
-            raise _fail(path, f"service.{key}", f"is not a usable command: {exc.message}") from None
+    _check_service(path, data["service"], resolve)
     smoke = data["smoke"]
     _check_smoke(path, smoke, resolve)
     hooks = data.get("hooks", {})
@@ -342,7 +372,7 @@ def _build(data: dict, path: Path) -> Config:
         env_file=resolve(data["env_file"]),
         required_env=tuple(data.get("required_env", [])),
         shared_dirs=tuple(data.get("shared_dirs", [])),
-        service=ServiceConfig(**data["service"]),
+        service=_service_config(data["service"], resolve),
         install=InstallConfig(
             find_links=resolve(install["find_links"]) if install.get("find_links") else None,
             offline=install.get("offline", False),
@@ -368,6 +398,45 @@ def _build(data: dict, path: Path) -> Config:
 def _program(value: str, resolve) -> str:
     """A program name is looked up on PATH; a path is relative to the config file."""
     return str(resolve(value)) if "/" in value else value
+
+
+_SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+def _check_service(path: Path, service: dict, resolve) -> None:
+    for key in ("restart", "is_active", "start", "stop"):
+        if key in service:
+            try:
+                split_command(service[key])
+            except BadInput as exc:
+                raise _fail(path, f"service.{key}", f"is not a usable command: {exc.message}") from None
+    strategy = service.get("strategy", "restart")
+    if strategy not in STRATEGIES:
+        raise _fail(path, "service.strategy", f"must be one of {', '.join(STRATEGIES)}, got {shown(strategy)}")
+    seconds = service.get("standby_seconds", 600)
+    if seconds < 0:
+        raise _fail(path, "service.standby_seconds", "must be 0 (stop the old colour at once) or more")
+    if strategy == "restart":
+        if "restart" not in service:
+            raise BadInput(f"{path}: missing required key 'service.restart' (service.strategy is restart)")
+        return
+    for key in ("start", "stop", "is_active", "socket"):
+        if key not in service:
+            raise BadInput(f"{path}: missing required key 'service.{key}' (service.strategy is standby)")
+        if COLOUR_FIELD not in service[key]:
+            raise _fail(path, f"service.{key}", f"must name the instance as {COLOUR_FIELD} (service.strategy is standby)")
+    for colour in COLOURS:
+        socket = resolve(service["socket"].replace(COLOUR_FIELD, colour))
+        if len(os.fsencode(str(socket))) > _SOCKET_PATH_MAX:
+            raise _fail(path, "service.socket", f"gives {socket}, longer than a unix socket path may be ({_SOCKET_PATH_MAX} bytes)")
+
+
+def _service_config(service: dict, resolve) -> ServiceConfig:
+    fields = dict(service)
+    if "socket" in fields:
+        fields["socket"] = str(resolve(fields["socket"]))
+    fields["standby_seconds"] = float(fields.get("standby_seconds", 600))
+    return ServiceConfig(**fields)
 
 
 def _check_hooks(path: Path, hooks: dict) -> None:

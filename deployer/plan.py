@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from deployer import database, envfile, git, lock, migrations, releases, schema, service, venv
+from deployer import database, envfile, git, lock, migrations, releases, schema, service, standby, venv
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
@@ -273,14 +273,31 @@ def _go_live(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, pre
     _hooks(config, plan, "before_switch")
     plan.data["current"]["after"] = sha
     now = plan.data["current"]["now"]
+    if config.service.standby:
+        _standby_steps(config, paths, plan, sha)
     plan.step("switch current", f"current would point at releases/{sha}" + (f" (now {now[:12]})" if now else " (now none)"))
     if unapply:
         plan.step("unapply migrations", f"would unapply {', '.join(unapply)} with {decided.helper[:12]}'s code")
-    plan.step("restart service", " ".join(config.service.restart_argv))
+    if not config.service.standby:
+        plan.step("restart service", " ".join(config.service.restart_argv))
     plan.step("smoke test", f"{config.smoke.url}: must report {sha[:12]}; on failure switch back to "
               + (previous[:12] if previous else "nothing (current removed)"))
     _hooks(config, plan, "after_rollback" if action == "rollback" else "after_live")
     plan.step("record history", f"{action} {previous[:12] if previous else '(none)'} -> {sha[:12]}")
+
+
+def _standby_steps(config: Config, paths: Paths, plan: Plan, sha: str) -> None:
+    """docs/design.md §16: the idle colour starts from the release and is smoke-tested on its socket."""
+    live = standby.live_colour(config, paths)
+    new = standby.other(live) if live else standby.COLOURS[0]
+    if live and standby.slot_sha(paths, live) == sha:
+        new = live
+    if standby.slot_sha(paths, new) == sha and standby.running(config, new):
+        plan.step(f"{new} already runs {sha[:12]}", "warm standby: no start")
+    else:
+        plan.step(f"start {new} from {sha[:12]}", " ".join(standby.start_argv(config, new)))
+    plan.step(f"smoke test {new} socket", str(config.service.socket_of(new)))
+    plan.step("switch socket", f"live.sock would point at {config.service.socket_of(new)} ({new})")
 
 
 def _subject(paths: Paths, sha: str) -> str:

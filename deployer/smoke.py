@@ -8,12 +8,14 @@ URL's host name and the certificate checked against it, and the Host header name
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import urllib3
+import urllib3.connection
 
 from deployer.config import SmokeConfig
 from deployer.errors import OperationFailed
@@ -56,9 +58,34 @@ def pool(smoke: SmokeConfig, timeout: float = 5.0) -> urllib3.connectionpool.HTT
     return urllib3.HTTPConnectionPool(t.connect_to, t.port, timeout=http_timeout, retries=False)
 
 
+class _UnixConnection(urllib3.connection.HTTPConnection):
+    socket_path = ""
+
+    def _new_conn(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout if isinstance(self.timeout, (int, float)) else 5.0)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+def socket_pool(smoke: SmokeConfig, socket_path: Path, timeout: float = 5.0) -> urllib3.HTTPConnectionPool:
+    """Straight to one gunicorn's unix socket, with the headers nginx would send (Host, and
+    X-Forwarded-Proto from the front door's scheme): the standby colour, before the public sees it."""
+    connection = type("UnixConnection", (_UnixConnection,), {"socket_path": str(socket_path)})
+    pool_ = urllib3.HTTPConnectionPool("localhost", timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False)
+    pool_.ConnectionCls = connection
+    pool_.extra_headers = {"X-Forwarded-Proto": target(smoke).scheme}
+    return pool_
+
+
 def get(smoke: SmokeConfig, conn, path: str) -> urllib3.BaseHTTPResponse:
     t = target(smoke)
-    return conn.request("GET", t.prefix + path, headers={"Host": t.host_header}, redirect=False)
+    headers = {"Host": t.host_header, **getattr(conn, "extra_headers", {})}
+    return conn.request("GET", t.prefix + path, headers=headers, redirect=False)
 
 
 def pick_static_file(release: Path) -> tuple[str, Path]:
@@ -98,13 +125,15 @@ def check_once(smoke: SmokeConfig, conn, sha: str, static: tuple[str, Path] | No
             raise OperationFailed(f"GET {path} (smoke.paths) answered {resp.status}, expected 200")
 
 
-def run(smoke: SmokeConfig, sha: str, release: Path) -> float:
-    """Retry with a short backoff until every check passes or smoke.timeout runs out."""
-    static = pick_static_file(release) if smoke.check_static else None
+def run(smoke: SmokeConfig, sha: str, release: Path, socket_path: Path | None = None) -> float:
+    """Retry with a short backoff until every check passes or smoke.timeout runs out. With
+    `socket_path`, straight to that gunicorn (no static file: nginx serves those)."""
+    static = pick_static_file(release) if smoke.check_static and socket_path is None else None
     started = time.monotonic()
     deadline = started + smoke.timeout
     delay = 0.05
-    conn = pool(smoke)
+    conn = pool(smoke) if socket_path is None else socket_pool(smoke, socket_path)
+    where = smoke.url if socket_path is None else f"{socket_path} (Host {target(smoke).host_header})"
     while True:
         try:
             check_once(smoke, conn, sha, static)
@@ -112,7 +141,7 @@ def run(smoke: SmokeConfig, sha: str, release: Path) -> float:
         except (OperationFailed, urllib3.exceptions.HTTPError, OSError) as exc:
             reason = exc.message if isinstance(exc, OperationFailed) else f"{type(exc).__name__}: {exc}"
         if time.monotonic() + delay > deadline:
-            raise OperationFailed(f"smoke test of {smoke.url} failed after {smoke.timeout:.0f}s: {reason}")
+            raise OperationFailed(f"smoke test of {where} failed after {smoke.timeout:.0f}s: {reason}")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 

@@ -5,8 +5,10 @@ It clones this repository into .demo/src, adds a second commit with a visible ch
 the real `deployer` against a scratch deploy root (.demo/deploy): release + activate of both
 commits, then rollback and list. The front door is an unprivileged nginx on 127.0.0.1:PORT
 (scripts/demo-nginx.conf: production's locations, /static/ aliased to current/staticfiles/),
-in front of gunicorn on another local port, restarted by scripts/local-service (the stand-in
-for systemd). Without nginx it falls back to gunicorn alone on PORT, unstyled, and says so.
+in front of two gunicorns, blue and green, on unix sockets (service.strategy: standby,
+docs/design.md §16), run by scripts/local-service (the stand-in for systemd); nginx proxies to
+.demo/deploy/live.sock, the link to the live colour's socket. Without nginx, local-service's
+stand-in front door serves PORT instead, unstyled, and the demo says so.
 It creates an admin with a fresh random password and prints it. The site keeps serving when
 the demo ends; `make demo-stop` stops it.
 """
@@ -64,9 +66,17 @@ def sh(*argv, cwd=None, env=None, capture=False) -> str:
     return (result.stdout or "").strip()
 
 
-def service(app_port: int, action: str) -> list[str]:
+def service(colour: str, action: str) -> list[str]:
+    """One colour of service.strategy: standby (docs/design.md §16), as skinmenu@<colour>.service."""
     return [sys.executable, str(REPO / "scripts" / "local-service"), "--root", str(DEPLOY_TO),
-            "--bind", f"127.0.0.1:{app_port}", "--env-file", str(ENV_FILE), action]
+            "--colour", colour, "--socket", str(DEPLOY_TO / "run" / f"{colour}.sock"),
+            "--env-file", str(ENV_FILE), action]
+
+
+def front_door(action: str, port: int = 0) -> list[str]:
+    """Without nginx: local-service's stand-in front door on the demo port, to live.sock."""
+    return [sys.executable, str(REPO / "scripts" / "local-service"), "--root", str(DEPLOY_TO),
+            "--bind", f"127.0.0.1:{port}", action]
 
 
 def deployer(*args: str) -> str:
@@ -168,8 +178,10 @@ def stop_previous_demo() -> None:
         state = json.loads(STATE.read_text())
     except (FileNotFoundError, ValueError):
         return
-    if (DEPLOY_TO / "run" / "gunicorn.pid").exists():
-        subprocess.run(service(state["app_port"], "stop"), check=False)
+    for colour in ("blue", "green"):
+        if (DEPLOY_TO / "run" / f"gunicorn-{colour}.pid").exists():
+            subprocess.run(service(colour, "stop"), check=False)
+    subprocess.run(front_door("front-stop"), check=False)
     stop_nginx(NGINX_DIR)
     STATE.unlink()
 
@@ -184,8 +196,7 @@ def write_config(port: int, app_port: int, python: str, front_door: bool) -> Non
         "DJANGO_SECURE_SSL_REDIRECT=false\n"
     )
     ENV_FILE.chmod(0o600)
-    restart = " ".join(service(app_port, "restart"))
-    is_active = " ".join(service(app_port, "status"))
+    start, stop, is_active = (" ".join(service("{colour}", action)) for action in ("start", "stop", "status"))
     check_static = ("true    # a hashed file of the new release, through the demo's nginx" if front_door
                     else "false   # NO NGINX: nothing serves /static/ (see the demo's warning)")
     CONFIG.write_text(f"""# The demo's deploy configuration: releases.yml with local paths and a local service.
@@ -202,8 +213,12 @@ env_file: skinmenu.env
 required_env: [DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS, DJANGO_CSRF_TRUSTED_ORIGINS, WAGTAILADMIN_BASE_URL]
 shared_dirs: [media, db]
 service:
-  restart: {restart}
+  strategy: standby       # two gunicorns, blue and green, on unix sockets; the front door follows live.sock
+  standby_seconds: 600
+  start: {start}
+  stop: {stop}
   is_active: {is_active}
+  socket: {DEPLOY_TO}/run/{{colour}}.sock
 smoke:
   url: http://127.0.0.1:{port}
   check_static: {check_static}
@@ -282,11 +297,12 @@ def main() -> None:
         sys.exit(f"demo: port {args.port} is in use; run `make demo DEMO_PORT=<free port>` (or DEMO_PORT=… make demo)")
     python = sh(str(REPO / "scripts" / "find-python"), capture=True)
     nginx = find_nginx()
-    app_port = free_port() if nginx else args.port
+    app_port = 0  # gunicorns listen on unix sockets (standby); kept in the state file for old demos
 
     banner(f"Fresh scratch deploy root in {DEMO} (the uv cache in it is kept between demos)")
     for path in (SOURCE, DEPLOY_TO / "releases", DEPLOY_TO / "current", DEPLOY_TO / "shared",
-                 DEPLOY_TO / "state", DEPLOY_TO / "repo", DEPLOY_TO / "run", NGINX_DIR):
+                 DEPLOY_TO / "state", DEPLOY_TO / "repo", DEPLOY_TO / "run", DEPLOY_TO / "slots",
+                 DEPLOY_TO / "live.sock", NGINX_DIR):
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.exists():
@@ -297,9 +313,9 @@ def main() -> None:
 
     if nginx:
         banner(f"The front door: an unprivileged nginx on 127.0.0.1:{args.port} "
-               f"(/static/ from current/staticfiles/, the rest to gunicorn on 127.0.0.1:{app_port})")
+               f"(/static/ from current/staticfiles/, the rest to {DEPLOY_TO}/live.sock: the live colour's gunicorn)")
         try:
-            start_nginx(nginx, NGINX_DIR, f"127.0.0.1:{args.port}", f"127.0.0.1:{app_port}", DEPLOY_TO)
+            start_nginx(nginx, NGINX_DIR, f"127.0.0.1:{args.port}", f"unix:{DEPLOY_TO / 'live.sock'}", DEPLOY_TO)
         except RuntimeError as exc:
             sys.exit(f"demo: {exc}")
         print(f"config {NGINX_DIR / 'nginx.conf'} (from scripts/demo-nginx.conf), logs in {NGINX_DIR}")
@@ -307,6 +323,8 @@ def main() -> None:
         loud("demo: NGINX IS NOT INSTALLED: gunicorn alone serves the demo, so /static/ is NOT served\n"
              "and pages look UNSTYLED (check_static is off). Install it (as root: scripts/install-system-deps,\n"
              "or sudo apt-get install nginx) and run `make demo` again for the production-like site.")
+        (DEPLOY_TO / "run").mkdir(parents=True, exist_ok=True)
+        subprocess.run(front_door("front", args.port), check=True)
 
     banner("A scratch clone of this repository, plus a second commit with a visible change")
     sh("git", "clone", "--quiet", "--no-local", str(REPO), str(SOURCE))
@@ -331,7 +349,7 @@ def main() -> None:
     footer = fetch(args.port, "/")
     print("the live footer says:", footer.split('<footer class="site-footer">')[1].split("</footer>")[0])
 
-    banner("Roll back: one relink and one restart")
+    banner("Roll back to the warm standby: two renames, no restart")
     deployer("rollback")
 
     banner("Releases")

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import time
 
-from deployer import envfile, history, hooks, releases, schema, service, signals, smoke, switch
+from dataclasses import dataclass
+
+from deployer import envfile, history, hooks, releases, schema, service, signals, smoke, standby, switch
 from deployer.config import Config
-from deployer.errors import DeployError, OperationFailed
+from deployer.errors import BadInput, DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
 
-STEPS = 6
+STEPS = 6  # the restart strategy; standby starts and smoke-tests the idle colour first (+1)
+
+
+def step_count(config: Config) -> int:
+    return STEPS + (1 if config.service.standby else 0)
 
 # How far go_live got: what a failure has to put back.
-SCHEMA, SWITCH, RESTART, RECORD = "schema", "switch", "restart", "record"
+SCHEMA, PREPARE, SWITCH, RESTART, RECORD = "schema", "prepare", "switch", "restart", "record"
+
+
+@dataclass(frozen=True)
+class Colours:
+    """Standby activation (docs/design.md §16): the colour that serves the new release, and the
+    one that served before (None on a first deploy or the first standby run on a server)."""
+
+    new: str
+    old: str | None
+    old_link: str | None = None  # what live.sock pointed at before (restart strategy: skinmenu.sock)
 
 
 def activate(
@@ -26,7 +43,7 @@ def activate(
         attempt.sha = sha
     env_values = envfile.load(config.env_file, config.required_env)
     started = time.monotonic()
-    progress = Progress(STEPS + hook_steps(config, action))
+    progress = Progress(step_count(config) + hook_steps(config, action))
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
     previous, already_live, finishing = starting_point(paths, sha)
@@ -77,6 +94,7 @@ def go_live(
     service.require_restart_program(config)
     stage = SCHEMA
     backup = None
+    colours: Colours | None = None
     try:
         with progress.step(schema_step):
             plan = schema.plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
@@ -87,37 +105,59 @@ def go_live(
         # Still SCHEMA: a failing command puts the schema back and leaves current alone.
         hooks.run(config, "before_switch", paths.release(sha), sha=sha, previous=previous, action=action,
                   env_values=env_values, progress=progress)
-        stage = SWITCH
-        with progress.step(f"switch current to {sha[:12]}"):
-            switch.point_current_at(paths, sha)
-        if unapply_with:
-            # After the switch: a kill from here on leaves `current` on the release that matches
-            # the smaller schema (docs/design.md §7).
-            with progress.step("unapply migrations"):
-                schema.unapply_ahead(config, paths, env_values, plan, progress.note)
-                if not plan.ahead:
-                    progress.note("nothing to unapply")
-        stage = RESTART
-        with progress.step("restart service"):
-            service.restart(config)
-        with progress.step("smoke test"):
-            smoke.run(config.smoke, sha, paths.release(sha))
+        if config.service.standby:
+            stage = PREPARE
+            colours = _prepare_standby(config, paths, progress, sha, previous)
+            stage = SWITCH
+            with progress.step(f"switch current and socket to {colours.new}"):
+                switch.point_current_at(paths, sha)
+                standby.point_socket_at(config, paths, colours.new)
+            if unapply_with:
+                with progress.step("unapply migrations"):
+                    schema.unapply_ahead(config, paths, env_values, plan, progress.note)
+                    if not plan.ahead:
+                        progress.note("nothing to unapply")
+            stage = RESTART
+            with progress.step("smoke test"):
+                smoke.run(config.smoke, sha, paths.release(sha))
+        else:
+            stage = SWITCH
+            with progress.step(f"switch current to {sha[:12]}"):
+                switch.point_current_at(paths, sha)
+            if unapply_with:
+                # After the switch: a kill from here on leaves `current` on the release that matches
+                # the smaller schema (docs/design.md §7).
+                with progress.step("unapply migrations"):
+                    schema.unapply_ahead(config, paths, env_values, plan, progress.note)
+                    if not plan.ahead:
+                        progress.note("nothing to unapply")
+            stage = RESTART
+            with progress.step("restart service"):
+                service.restart(config)
+            with progress.step("smoke test"):
+                smoke.run(config.smoke, sha, paths.release(sha))
         stage = RECORD
         with progress.step("record history"):
             history.append(
                 paths, action, previous, sha, history.OK, backup=backup,
                 seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations),
             )
+            if colours is not None:
+                _leave_standby(config, paths, colours, progress)
     except BaseException as exc:
         failure = as_failure(exc)
         with signals.shielded():
             if stage == SCHEMA:
                 _put_back_schema(config, paths, sha, previous, failure, env_values)
+            elif stage == PREPARE:
+                _put_back_before_switch(config, paths, sha, previous, failure, env_values, _result_of(RESTART, exc),
+                                        {"action": action, "backup": backup, "steps": dict(progress.durations),
+                                         "seconds": round(time.monotonic() - started, 2)})
             else:
                 record = {"action": action, "backup": backup, "seconds": round(time.monotonic() - started, 2),
                           "steps": dict(progress.durations)}
                 _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values,
-                                       _result_of(stage, exc), record)
+                                       _result_of(stage, exc), record, colours)
         if failure is exc:
             raise
         raise failure from exc
@@ -153,10 +193,12 @@ def _put_back_schema(config, paths, sha, previous, failure, env_values):
     failure.hint = "; ".join(part for part in (f"the live release is untouched: {live}", schema_note, failure.hint) if part)
 
 
-def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record):
+def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record, colours=None):
     """`current` may have moved: relink the previous release, bring the database back to its
     migrations, restart and smoke-test it, record the attempt. Each part reports the true state
     even when it fails itself."""
+    if config.service.standby and colours is None:
+        colours = _colours_now(config, paths, sha)
     try:
         if previous is None:
             say(f"    no release was live before {sha[:12]}; removing current")
@@ -164,6 +206,8 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         else:
             say(f"    switching back to {previous[:12]}")
             switch.point_current_at(paths, previous)
+        if colours is not None:
+            _socket_back(config, paths, colours, previous)
     except BaseException as exc:
         failure.hint = (f"switching back FAILED ({as_failure(exc).message}): current still points at "
                         f"{sha[:12]}; run `deployer rollback --to {(previous or sha)[:12]}`")
@@ -171,6 +215,8 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
     schema_note = _restore_schema(config, paths, sha, previous, env_values)
     if previous is None:
         back = "nothing was live before, and current is removed"
+    elif colours is not None:
+        back = _standby_back(config, paths, colours, previous)
     elif stage in (RESTART, RECORD):
         back = _restart_previous(config, paths, previous)
     else:
@@ -182,6 +228,111 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
     except BaseException as exc:
         marked = f"recording it in history failed: {as_failure(exc).message}"
     failure.hint = "; ".join(part for part in (back, schema_note, marked) if part)
+
+
+def _prepare_standby(config: Config, paths: Paths, progress: Progress, sha: str, previous: str | None) -> Colours:
+    """Steps 1-2 of a standby activation: the idle colour runs `sha` and passes the smoke test on
+    its own socket. The public has not seen it; nothing live has changed."""
+    live = standby.live_colour(config, paths)
+    if live is not None and standby.slot_sha(paths, live) == sha and standby.running(config, live):
+        # A run killed after its socket rename: the live colour already serves `sha`.
+        old = standby.other(live)
+        live, new = (old if standby.slot_sha(paths, old) else None), live
+    else:
+        new = standby.other(live) if live else standby.COLOURS[0]
+    try:
+        old_link = os.readlink(standby.socket_link(paths))
+    except OSError:
+        old_link = None
+    warm = standby.slot_sha(paths, new) == sha and standby.running(config, new)
+    if warm:
+        with progress.step(f"{new} already runs {sha[:12]}"):
+            progress.note("warm standby: no start")
+    else:
+        with progress.step(f"start {new} from {sha[:12]}"):
+            if standby.running(config, new):
+                standby.stop(config, new)
+            standby.clear_standby(paths)
+            standby.point_slot_at(paths, new, sha)
+            standby.start(config, new)
+    with progress.step(f"smoke test {new} socket"):
+        smoke.run(config.smoke, sha, paths.release(sha), socket_path=config.service.socket_of(new))
+    return Colours(new, live, old_link)
+
+
+def _leave_standby(config: Config, paths: Paths, colours: Colours, progress: Progress) -> None:
+    """Step 5: the old colour stays up as a warm standby for service.standby_seconds (0: stopped now)."""
+    seconds = config.service.standby_seconds
+    old_sha = standby.slot_sha(paths, colours.old) if colours.old else None
+    if colours.old is None or old_sha is None:
+        standby.clear_standby(paths)
+        return
+    if seconds <= 0:
+        standby.clear_standby(paths)
+        standby.stop(config, colours.old)
+        progress.note(f"stopped {colours.old} (service.standby_seconds is 0)")
+        return
+    standby.write_standby(paths, colours.old, old_sha, seconds)
+    progress.note(f"{colours.old} keeps running {old_sha[:12]} as a warm standby for {seconds:.0f}s")
+
+
+def _colours_now(config: Config, paths: Paths, sha: str) -> Colours:
+    """After a failure past the switch: which colour serves the failed release, which the previous."""
+    new = next((c for c in standby.COLOURS if standby.slot_sha(paths, c) == sha), standby.idle_colour(config, paths))
+    old = standby.other(new)
+    return Colours(new, old if standby.slot_sha(paths, old) else None)
+
+
+def _socket_back(config: Config, paths: Paths, colours: Colours, previous: str | None) -> None:
+    if colours.old is not None and standby.slot_sha(paths, colours.old) == previous:
+        standby.point_socket_at(config, paths, colours.old)
+    elif colours.old_link is not None:
+        standby.replace_link(standby.socket_link(paths), colours.old_link)
+    elif previous is None:
+        standby.remove_socket_link(paths)
+
+
+def _standby_back(config: Config, paths: Paths, colours: Colours, previous: str) -> str:
+    """The old colour never stopped: once the links are back it serves again. Stop the new one
+    and prove the old one answers through the front door."""
+    try:
+        standby.stop(config, colours.new)
+        standby.clear_standby(paths)
+    except BaseException as exc:
+        say(f"    stopping {colours.new} failed: {as_failure(exc).message}")
+    if colours.old is None or standby.slot_sha(paths, colours.old) != previous:
+        # The server ran the restart strategy until this run: the old single service still serves.
+        return f"{previous[:12]} is live again (current switched back; live.sock was not there before)"
+    try:
+        if not standby.running(config, colours.old):
+            standby.start(config, colours.old)
+        smoke.run(config.smoke, previous, paths.release(previous))
+        return f"{previous[:12]} is live again ({colours.old})"
+    except BaseException as exc:
+        return f"{previous[:12]} is back in current but did not pass its smoke test either: {as_failure(exc).message}"
+
+
+def _put_back_before_switch(config, paths, sha, previous, failure, env_values, result, record):
+    """A standby that failed to start or failed its smoke test on its own socket: the public
+    never saw it. Stop it, put the schema back, record it."""
+    new = next((c for c in standby.COLOURS if standby.slot_sha(paths, c) == sha
+                and c != standby.live_colour(config, paths)), None)
+    stopped = ""
+    if new is not None:
+        try:
+            standby.stop(config, new)
+            stopped = f"{new} is stopped"
+        except BaseException as exc:
+            stopped = f"stopping {new} failed: {as_failure(exc).message}"
+    schema_note = _restore_schema(config, paths, sha, previous, env_values)
+    live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
+    action = record.pop("action")
+    try:
+        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
+        marked = f"{sha[:12]} is marked {result}"
+    except BaseException as exc:
+        marked = f"recording it in history failed: {as_failure(exc).message}"
+    failure.hint = "; ".join(part for part in (f"the public never saw it: {live}", stopped, schema_note, marked) if part)
 
 
 def _restart_previous(config: Config, paths: Paths, previous: str) -> str:

@@ -7,7 +7,7 @@ import shutil
 import sys
 from typing import Callable
 
-from deployer import database, envfile, git, releases, service, venv
+from deployer import database, envfile, git, releases, service, standby, venv
 from deployer.config import Config
 from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
@@ -94,10 +94,52 @@ def _database(config: Config, paths: Paths) -> str:
 
 def _service(config: Config, paths: Paths) -> str:
     service.require_restart_program(config)
+    if config.service.standby:
+        return _standby(config, paths)
     if config.service.is_active:
         active = service.state(config) == "active"
         return "service is active" if active else "service is not active (a first deploy starts it)"
     return "restart command found; no is_active command configured"
+
+
+def _standby(config: Config, paths: Paths) -> str:
+    """service.strategy: standby (docs/design.md §16): both colours, their slots, live.sock."""
+    parts = []
+    for colour in standby.COLOURS:
+        sha = standby.slot_sha(paths, colour)
+        if standby.slot(paths, colour).is_symlink() and sha is None:
+            raise OperationFailed(f"{standby.slot(paths, colour)} does not point at a release")
+        state = "running" if standby.running(config, colour) else "stopped"
+        parts.append(f"{colour} {state} ({sha[:12] if sha else 'no slot yet'})")
+    live = standby.live_colour(config, paths)
+    link = standby.socket_link(paths)
+    if live is None and link.is_symlink():
+        import os as _os
+        parts.append(f"live.sock -> {_os.readlink(link)} (not a colour yet: the next activation switches it)")
+    elif live is None:
+        parts.append("no live colour yet")
+    else:
+        if standby.slot_sha(paths, live) != current_sha(paths):
+            raise OperationFailed(f"live.sock points at {live}, whose slot is not the release current names",
+                                  hint="an activation was interrupted: run `deployer activate` of the current release")
+        parts.append(f"live: {live}")
+    return "standby: " + "; ".join(parts)
+
+
+def _units(config: Config, paths: Paths) -> str:
+    """The systemd units the configured strategy drives are installed (when systemctl drives them)."""
+    argvs = ([standby.start_argv(config, colour) for colour in standby.COLOURS] if config.service.standby
+             else [config.service.restart_argv])
+    units = [arg for argv in argvs if any(a.endswith("systemctl") for a in argv) for arg in argv if arg.endswith(".service")]
+    if not units:
+        return "skipped: the service commands do not use systemctl"
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return "skipped: systemctl is not installed here"
+    sockets = [unit.removesuffix(".service") + ".socket" for unit in units]
+    for unit in units + sockets:
+        run([systemctl, "cat", "--", unit], what=f"systemctl cat {unit}")
+    return f"{config.service.strategy}: {', '.join(units + sockets)} installed"
 
 
 def _nginx(config: Config, paths: Paths) -> str:
@@ -119,6 +161,7 @@ CHECKS: list[tuple[str, Callable[[Config, Paths], str]]] = [
     ("live release", _live),
     ("database", _database),
     ("service", _service),
+    ("systemd units", _units),
     ("nginx config", _nginx),
 ]
 

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from deployer import history, releases
+from deployer import history, releases, standby
 from deployer.config import Config
 from deployer.paths import Paths, current_sha
 
@@ -26,8 +26,9 @@ def own_bytes(path) -> int:
     return total
 
 
-def rows(paths: Paths) -> list[dict]:
+def rows(paths: Paths, config: Config | None = None) -> list[dict]:
     entries = history.read(paths)
+    warm = standby.warm_standby(config, paths) if config is not None and config.service.standby else None
     live = current_sha(paths)
     previous = history.rollback_target(entries, live)
     failed = history.failed_smoke(entries)
@@ -50,12 +51,14 @@ def rows(paths: Paths) -> list[dict]:
             "build_seconds": meta.get("build_seconds"),
             "own_bytes": own_bytes(paths.release(sha)),
             "state": state,
+            # The release a warm standby colour still runs: a rollback to it is a relink (§16).
+            "standby": warm is not None and sha == warm.sha and sha != live,
         })
     return out
 
 
 def main(config: Config, paths: Paths, as_json: bool) -> None:
-    data = rows(paths)
+    data = rows(paths, config)
     if as_json:
         json.dump({"releases": data}, sys.stdout, indent=2)
         print()
@@ -63,8 +66,9 @@ def main(config: Config, paths: Paths, as_json: bool) -> None:
     if not data:
         print("no releases built yet")
         return
-    print(f"{'sha':12}  {'state':12}  {'built at':25}  {'build':>6}  {'own size':>9}  subject")
+    print(f"{'sha':12}  {'state':20}  {'built at':25}  {'build':>6}  {'own size':>9}  subject")
     for row in data:
         size = f"{row['own_bytes'] / 1e6:.1f} MB"
         seconds = f"{row['build_seconds']:.1f}s" if row["build_seconds"] is not None else "-"
-        print(f"{row['sha'][:12]}  {row['state']:12}  {row['built_at'] or '-':25}  {seconds:>6}  {size:>9}  {row['subject']}")
+        state = row["state"] + (" +standby" if row["standby"] else "")
+        print(f"{row['sha'][:12]}  {state:20}  {row['built_at'] or '-':25}  {seconds:>6}  {size:>9}  {row['subject']}")

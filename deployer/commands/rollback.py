@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from deployer import envfile, history, hooks, releases
-from deployer.commands.activate import STEPS, go_live, hook_steps
+from deployer.commands.activate import go_live, hook_steps, step_count
 from deployer.config import Config
 from deployer.errors import OperationFailed
 from deployer.paths import Paths, current_sha
@@ -67,7 +67,7 @@ def rollback(
     if choice.finishing:
         say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
     env_values = envfile.load(config.env_file, config.required_env)
-    progress = Progress(STEPS + (1 if migrate else 0) + hook_steps(config, "rollback"))
+    progress = Progress(step_count(config) + (1 if migrate else 0) + hook_steps(config, "rollback"))
     with progress.step(f"verify {target[:12]}"):
         meta = releases.require_complete(paths, target, config.shared_dirs)
     # The same migrate-if-pending path as activate: migrations the database has but the target

@@ -4,22 +4,44 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 
-from deployer import history, lock, service, smoke
+from deployer import history, lock, service, smoke, standby
 from deployer.config import Config
 from deployer.errors import DeployError
 from deployer.paths import Paths, current_sha
 
 
+def colours(config: Config, paths: Paths) -> dict | None:
+    """service.strategy: standby (docs/design.md §16): each colour's release, whether it runs,
+    which is live, and the warm standby's window. None for the restart strategy."""
+    if not config.service.standby:
+        return None
+    live = standby.live_colour(config, paths)
+    warm = standby.read_standby(paths)
+    out = {}
+    for colour in standby.COLOURS:
+        out[colour] = {
+            "release": standby.slot_sha(paths, colour),
+            "running": standby.running(config, colour),
+            "live": colour == live,
+            "standby_until": (datetime.fromtimestamp(warm.until, timezone.utc).isoformat(timespec="seconds")
+                              if warm and warm.colour == colour and colour != live else None),
+        }
+    return out
+
+
 def collect(config: Config, paths: Paths) -> dict:
     live = current_sha(paths)
     try:
-        state = service.state(config)
+        state = service.state(config, standby.live_colour(config, paths) if config.service.standby else None)
     except DeployError as exc:
         state = f"unknown ({exc.message})"
     site = smoke.health(config.smoke)
     entries = history.read(paths)
     return {
+        "strategy": config.service.strategy,
+        "colours": colours(config, paths),
         "current": live,
         # False after a run was killed between switching `current` and recording it.
         "activation_finished": live is None or history.last_live(entries) == live,
@@ -49,5 +71,9 @@ def main(config: Config, paths: Paths, as_json: bool) -> None:
         print(f"current:  {data['current'] or '(none)'}{unfinished}")
         print(f"previous: {data['previous'] or '(none)'}")
         print(f"lock:     {holder}")
-        print(f"service:  {data['service']}")
+        print(f"service:  {data['service']}" + (f" ({data['strategy']})" if data["colours"] else ""))
+        for colour, info in (data["colours"] or {}).items():
+            role = "LIVE" if info["live"] else (f"standby until {info['standby_until']}" if info["standby_until"] else "idle")
+            running = "running" if info["running"] else "stopped"
+            print(f"{colour + ':':9} {(info['release'] or '(no slot)')[:12]:12}  {running:7}  {role}")
         print(f"health:   {healthy}")

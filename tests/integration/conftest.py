@@ -152,6 +152,18 @@ def source_repo(tmp_path_factory) -> SourceRepo:
         r / "app" / "static" / "css" / "site.css", "\n/* second */\n"))
     _commit_on(repo, "third", "second", "A third ordinary commit", lambda r: _append(
         r / "app" / "static" / "css" / "site.css", "\n/* third */\n"))
+    _commit_on(repo, "home-500", "base", "The home page answers 500 (it boots; /healthz is fine)", lambda r: _replace(
+        r / "app" / "config" / "urls.py", "urlpatterns = [\n",
+        "from django.http import HttpResponseServerError\n\n"
+        "urlpatterns = [\n    path('', lambda request: HttpResponseServerError('broken home page')),\n"))
+    _commit_on(repo, "home-500-later", "base", "The home page answers 500 from its second request on", lambda r: _replace(
+        r / "app" / "config" / "urls.py", "urlpatterns = [\n",
+        "from django.http import HttpResponseServerError\n\n_seen = []\n\n\n"
+        "def _home_once(request):\n"
+        "    from wagtail.views import serve\n"
+        "    _seen.append(1)\n"
+        "    return serve(request, '') if len(_seen) == 1 else HttpResponseServerError('broken later')\n\n\n"
+        "urlpatterns = [\n    path('', _home_once),\n"))
     git(repo, "checkout", "-q", "main")
     return SourceRepo(repo)
 
@@ -164,7 +176,10 @@ def free_port() -> int:
 
 @dataclass
 class Deployment:
-    """One deploy root driven through the real `deployer` CLI, with gunicorn on its own port."""
+    """One deploy root driven through the real `deployer` CLI. With service.strategy standby (the
+    default, as in production) two gunicorns, blue and green, listen on unix sockets in
+    deploy/run/, and a front door on `port` (scripts/local-service front, the stand-in for nginx)
+    proxies each connection to deploy/live.sock. With restart, one gunicorn on `port`."""
 
     root: Path
     source: SourceRepo
@@ -172,9 +187,15 @@ class Deployment:
     uv_cache: Path
     port: int = field(default_factory=free_port)
     pg_database: str | None = None  # set by the pg_deployment fixture
+    strategy: str = "standby"
+    standby_seconds: float = 600
 
     def __post_init__(self) -> None:
         self.deploy_to = self.root / "deploy"
+        if self.strategy == "standby":
+            (self.deploy_to / "run").mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, str(LOCAL_SERVICE), "--root", str(self.deploy_to),
+                            "--bind", f"127.0.0.1:{self.port}", "front"], check=True)
         self.env_file = self.root / "skinmenu.env"
         self.config_file = self.root / "releases.yml"
         self.env_file.write_text(
@@ -191,6 +212,17 @@ class Deployment:
         return (f"{sys.executable} {LOCAL_SERVICE} --root {self.deploy_to} --bind 127.0.0.1:{self.port} "
                 f"--env-file {self.env_file} --workers 1 {action}")
 
+    def colour_command(self, action: str) -> str:
+        return (f"{sys.executable} {LOCAL_SERVICE} --root {self.deploy_to} --colour {{colour}} "
+                f"--socket {self.deploy_to}/run/{{colour}}.sock --env-file {self.env_file} --workers 1 {action}")
+
+    def service_config(self) -> dict:
+        if self.strategy == "standby":
+            return {"strategy": "standby", "standby_seconds": self.standby_seconds,
+                    "start": self.colour_command("start"), "stop": self.colour_command("stop"),
+                    "is_active": self.colour_command("status"), "socket": f"{self.deploy_to}/run/{{colour}}.sock"}
+        return {"restart": self.service_command("restart"), "is_active": self.service_command("status")}
+
     def write_config(self, **overrides) -> None:
         config = {
             "app": "skinmenu",
@@ -204,7 +236,7 @@ class Deployment:
             "required_env": ["DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS",
                              "DJANGO_CSRF_TRUSTED_ORIGINS", "WAGTAILADMIN_BASE_URL"],
             "shared_dirs": ["media", "db"],
-            "service": {"restart": self.service_command("restart"), "is_active": self.service_command("status")},
+            "service": self.service_config(),
             "install": {"cache_dir": str(self.uv_cache)},
             "smoke": {"url": f"http://127.0.0.1:{self.port}", "check_static": False, "timeout": 15},
         }
@@ -259,7 +291,14 @@ class Deployment:
         self.env_file.write_text("\n".join([*lines, f"DATABASE_URL={url}"]) + "\n")
 
     def stop(self) -> None:
-        if (self.deploy_to / "run").is_dir():
+        if not (self.deploy_to / "run").is_dir():
+            return
+        if self.strategy == "standby":
+            for colour in ("blue", "green"):
+                subprocess.run(self.colour_command("stop").replace("{colour}", colour).split(), capture_output=True)
+            subprocess.run([sys.executable, str(LOCAL_SERVICE), "--root", str(self.deploy_to), "front-stop"],
+                           capture_output=True)
+        else:
             subprocess.run(self.service_command("stop").split(), capture_output=True)
 
 
@@ -286,10 +325,16 @@ def migrated_db(tmp_path_factory, source_repo, release_python, uv_cache) -> Path
     return template
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "strategy(name): the service.strategy of the `deployment` fixture")
+
+
 @pytest.fixture
-def deployment(tmp_path, source_repo, release_python, uv_cache, migrated_db):
-    """A deploy root whose shared database already has `base`'s migrations applied."""
-    d = Deployment(tmp_path, source_repo, release_python, uv_cache)
+def deployment(request, tmp_path, source_repo, release_python, uv_cache, migrated_db):
+    """A deploy root whose shared database already has `base`'s migrations applied. Standby, as
+    production runs, unless the test is marked @pytest.mark.strategy("restart")."""
+    marker = request.node.get_closest_marker("strategy")
+    d = Deployment(tmp_path, source_repo, release_python, uv_cache, strategy=marker.args[0] if marker else "standby")
     d.database.parent.mkdir(parents=True)
     shutil.copy(migrated_db, d.database)
     yield d

@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+# These stories are the restart strategy (docs/design.md §6); standby has tests/integration/test_standby.py.
+pytestmark = pytest.mark.strategy("restart")
+
 
 def test_deploy_makes_the_commit_live_and_healthz_reports_it(deployment, source_repo):
     deployment.ok("deploy", "base")

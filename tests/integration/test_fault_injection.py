@@ -36,6 +36,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+import pytest
+
+# These stories are the restart strategy (docs/design.md §6); standby has tests/integration/test_standby.py.
+pytestmark = pytest.mark.strategy("restart")
 
 SEED = int(os.environ.get("DEPLOYER_FAULT_SEED", "20250611"))
 MIN_KILLS = 50

@@ -1,6 +1,10 @@
 """rollback: the previously live release from history, one relink, migration-aware (§7)."""
 
 import sqlite3
+import pytest
+
+# These stories are the restart strategy (docs/design.md §6); standby has tests/integration/test_standby.py.
+pytestmark = pytest.mark.strategy("restart")
 
 
 def applied(db, app):

@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+# These stories are the restart strategy (docs/design.md §6); standby has tests/integration/test_standby.py.
+pytestmark = pytest.mark.strategy("restart")
+
 MIGRATION = "0002_treatment_aftercare"
 
 

@@ -51,7 +51,9 @@ def test_activate_switches_back_when_a_smoke_path_answers_500(deployment, source
     error = result.stderr.rstrip().splitlines()[-1]
     assert error.startswith("deployer: error:")
     assert "GET /search/ (smoke.paths) answered 500, expected 200" in error
-    assert f"{base[:12]} is live again" in error  # base's /search/ answers 200: it passed the same checks
+    # Standby (§16): the release failed on its own socket, so the public never saw it and base
+    # stayed live (base's /search/ answers 200: it passed the same checks).
+    assert f"the public never saw it: {base[:12]} is still live" in error
     assert deployment.current == base
     assert deployment.healthz()["release"] == base
     entry = deployment.history()[-1]
