@@ -154,8 +154,13 @@ def test_a_backup_restores_with_pg_restore_clean_as_the_server_guide_says(pg_dep
     assert "aftercare" not in columns(postgres, db)  # the schema from before the migration
     treatments = int(postgres.psql("SELECT count(*) FROM treatments_treatmentpage", db))
     assert treatments > 0
-    print(f"\nFIGURE pg backup/restore on the demo data: {treatments} treatments, "
-          f"dump {dump.stat().st_size / 1024:.0f} KiB, pg_restore {seconds:.2f} s")
+    started = time.monotonic()
+    again = dump.with_name("again.dump")
+    subprocess.run([postgres_server.client("pg_dump"), "--format=custom", f"--file={again}"],
+                   env=postgres.env(db), check=True)
+    dump_seconds = time.monotonic() - started
+    print(f"\nFIGURE pg backup/restore on the demo data: {treatments} treatment pages, "
+          f"dump {dump.stat().st_size / 1024:.0f} KiB, pg_dump {dump_seconds:.2f} s, pg_restore {seconds:.2f} s")
 
 
 def test_the_password_never_reaches_a_command_line_a_log_or_the_metadata(pg_deployment, source_repo, postgres, tmp_path):
