@@ -20,6 +20,7 @@ from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
 from deployer.commands import deploy as deploy_cmd
+from deployer.commands import fleet as fleet_cmd
 from deployer.commands import list as list_cmd
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
@@ -27,6 +28,7 @@ from deployer.commands import rollback as rollback_cmd
 from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
+from deployer.fleet import FleetConfig, is_fleet_file, load_fleet
 from deployer.lock import deploy_lock
 from deployer.paths import Paths
 
@@ -39,8 +41,19 @@ class Session:
         self.debug = debug
 
     def load(self) -> tuple[Config, Paths]:
-        config = load_config(config_path(self.config_file))
+        path = config_path(self.config_file)
+        if is_fleet_file(path):
+            command = click.get_current_context().info_name
+            raise BadInput(f"{path} lists servers: `deployer {command}` across servers is not built yet (docs/design.md §13)",
+                           hint="run it on each server with its own releases.yml; `status` and `check` work across servers")
+        config = load_config(path)
         return config, Paths(config.deploy_to)
+
+    def fleet(self) -> FleetConfig | None:
+        """The orchestrator config when the config file lists servers; None for a server's own
+        releases.yml (today's local behaviour, docs/design.md §13)."""
+        path = config_path(self.config_file)
+        return load_fleet(path) if is_fleet_file(path) else None
 
 
 def _report(exc: DeployError) -> None:
@@ -292,7 +305,13 @@ def list_(session: Session, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Stable JSON output (see README).")
 @click.pass_obj
 def status(session: Session, as_json: bool) -> None:
-    """Current and previous release, lock holder, service state, site health."""
+    """Current and previous release, lock holder, service state, site health.
+
+    With an orchestrator config: one row per server, and whether they agree."""
+    fleet = session.fleet()
+    if fleet is not None:
+        fleet_cmd.status(fleet, as_json)
+        return
     config, paths = session.load()
     status_cmd.main(config, paths, as_json)
 
@@ -312,6 +331,11 @@ def expire_standby(session: Session, wait: float) -> None:
 @main.command()
 @click.pass_obj
 def check(session: Session) -> None:
-    """Preflight: config, paths, env file, python, git, service, nginx. Changes nothing."""
+    """Preflight: config, paths, env file, python, git, service, nginx. Changes nothing.
+
+    With an orchestrator config: every server's SSH, host key, deployer version and own check."""
+    fleet = session.fleet()
+    if fleet is not None:
+        sys.exit(fleet_cmd.check(fleet))
     config, paths = session.load()
     sys.exit(check_cmd.main(config, paths))

@@ -1,0 +1,230 @@
+"""The orchestrator's executor (docs/design.md §13): every command it runs on a server goes
+through here, over SSH with asyncssh or, for `ssh: local`, as a local child process.
+
+Commands are argv lists built by the plain functions at the top (one per `deployer` command a
+server is asked to run). Nothing runs through a local shell; over SSH the argv is quoted with
+shlex.join, which is how any SSH client hands a command to the server's login shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+import asyncssh
+
+from deployer import __version__
+from deployer.errors import BadInput, DeployError, LockHeld, OperationFailed, one_line, shown
+from deployer.fleet import FleetConfig, Server
+from deployer.proc import tail
+
+COMMAND_TIMEOUT = 3600.0
+_VERSION = re.compile(r"deployer, version (\S+)")
+
+
+# -- argv builders: what a server is asked to run -------------------------------------------------
+
+def deployer_argv(server: Server, *args: str) -> list[str]:
+    return [server.deployer, "--config", server.config, *args]
+
+
+def version_argv(server: Server) -> list[str]:
+    return [server.deployer, "--version"]
+
+
+def status_argv(server: Server) -> list[str]:
+    return deployer_argv(server, "status", "--json")
+
+
+def check_argv(server: Server) -> list[str]:
+    return deployer_argv(server, "check")
+
+
+def list_argv(server: Server) -> list[str]:
+    return deployer_argv(server, "list", "--json")
+
+
+# -- running them --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class Connection:
+    """One server, reached over SSH (or locally for `ssh: local`). Open it with `connect`."""
+
+    def __init__(self, server: Server, ssh: asyncssh.SSHClientConnection | None) -> None:
+        self.server = server
+        self._ssh = ssh
+
+    async def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> Result:
+        try:
+            if self._ssh is None:
+                return await _run_local(argv, timeout)
+            done = await self._ssh.run(shlex.join(argv), check=False, timeout=timeout, stdin=asyncssh.DEVNULL)
+            status = done.exit_status if done.exit_status is not None else 255
+            return Result(argv, status, _text(done.stdout), _text(done.stderr))
+        except asyncssh.TimeoutError as exc:
+            raise OperationFailed(f"{self.server.name}: {shlex.join(argv[:4])} timed out after {timeout:.0f}s") from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise OperationFailed(f"{self.server.name}: connection lost while running {shlex.join(argv[:4])}: {_why(exc)}") from exc
+
+    async def deployer_json(self, argv: list[str]) -> Any:
+        """Run a `deployer … --json` command and return its answer; a failure names the server."""
+        result = await self.run(argv)
+        if not result.ok:
+            raise _remote_failure(self.server, result)
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            raise OperationFailed(f"{self.server.name}: {shlex.join(argv[3:])} did not answer JSON",
+                                  details=tail(result.stdout + result.stderr)) from None
+
+    async def close(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+            await self._ssh.wait_closed()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value or ""
+
+
+async def _run_local(argv: list[str], timeout: float) -> Result:
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except OSError as exc:
+        return Result(argv, 127, "", f"{argv[0]}: {exc.strerror or exc}")
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        proc.kill()
+        await proc.wait()
+        raise
+    return Result(argv, proc.returncode if proc.returncode is not None else 255,
+                  out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return one_line(str(reason))
+
+
+def _remote_failure(server: Server, result: Result) -> DeployError:
+    """A failed `deployer` on a server, as the same kind of error (its exit code) naming the server."""
+    last = next((line for line in reversed(result.stderr.strip().splitlines()) if line.strip()), "")
+    message = last.removeprefix("deployer: error: ") if last else f"exited with status {result.exit_status}"
+    error = {2: BadInput, 3: LockHeld}.get(result.exit_status, OperationFailed)
+    return error(f"{server.name}: {message}", details=tail(result.stdout))
+
+
+async def connect(fleet: FleetConfig, server: Server) -> Connection:
+    """Open the server's connection: host key verified against ssh.known_hosts (never learned),
+    then the remote deployer's version checked against ours. Unknown or changed host key, a
+    refused login or another version is exit 2; an unreachable server is exit 1."""
+    if server.local:
+        connection = Connection(server, None)
+    else:
+        connection = Connection(server, await _open_ssh(fleet, server))
+    try:
+        await check_version(connection)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+async def _open_ssh(fleet: FleetConfig, server: Server) -> asyncssh.SSHClientConnection:
+    ssh = fleet.ssh
+    where = f"{server.host} port {server.port}"
+    try:
+        return await asyncssh.connect(
+            server.host, server.port,
+            username=server.user or (),
+            known_hosts=str(ssh.known_hosts),  # never None: None would accept any key
+            client_keys=[str(ssh.identity)] if ssh.identity else (),
+            agent_path=None if ssh.identity else (),
+            config=[],  # ~/.ssh/config could change the host, port or keys behind this file's back
+            connect_timeout=ssh.connect_timeout,
+            keepalive_interval=5, keepalive_count_max=3,  # a dead server is noticed within ~15 s
+        )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise BadInput(f"{server.name}: host key of {where} not verified against {ssh.known_hosts}: {_why(exc)}",
+                       hint="an unknown or changed key is refused; add the right key after checking it out of band") from None
+    except asyncssh.PermissionDenied as exc:
+        raise BadInput(f"{server.name}: SSH login to {server.destination} refused: {_why(exc)}",
+                       hint="check ssh.identity and the server's authorized_keys") from None
+    except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+        raise OperationFailed(f"{server.name}: cannot reach {where}: {_why(exc)}",
+                              hint="nothing was changed on any server") from None
+
+
+async def check_version(connection: Connection) -> str:
+    server = connection.server
+    result = await connection.run(version_argv(server), timeout=60)
+    found = _VERSION.search(result.stdout)
+    if not result.ok or not found:
+        raise BadInput(f"{server.name}: {shown(server.deployer)} does not answer --version as a deployer "
+                       f"(status {result.exit_status})",
+                       hint="install the deployer on that server, or set its `deployer:` path",
+                       details=tail(result.stdout + result.stderr))
+    if found.group(1) != __version__:
+        raise BadInput(f"{server.name}: runs deployer {found.group(1)}, this orchestrator is {__version__}",
+                       hint="install the same deployer version on every server")
+    return found.group(1)
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome:
+    """What one server's task gave: a value, or the error that stopped it."""
+
+    server: Server
+    value: Any = None
+    error: DeployError | None = None
+
+
+async def on_each(fleet: FleetConfig, task: Callable[[Connection], Awaitable[T]]) -> list[Outcome]:
+    """Connect to every server (at most `parallel` at once) and run `task` on each; one
+    server's failure never stops another's. Outcomes come back in the config's order."""
+    gate = asyncio.Semaphore(fleet.parallel)
+
+    async def one(server: Server) -> Outcome:
+        async with gate:
+            try:
+                connection = await connect(fleet, server)
+            except DeployError as exc:
+                return Outcome(server, error=exc)
+            try:
+                return Outcome(server, value=await task(connection))
+            except DeployError as exc:
+                return Outcome(server, error=exc)
+            finally:
+                await connection.close()
+
+    return list(await asyncio.gather(*(one(server) for server in fleet.servers)))
+
+
+def worst(outcomes: list[Outcome]) -> DeployError | None:
+    """The error to exit with: bad configuration (2) before a failure (1), first server first."""
+    errors = [outcome.error for outcome in outcomes if outcome.error is not None]
+    if not errors:
+        return None
+    return max(errors, key=lambda error: (error.exit_code == 2, error.exit_code))

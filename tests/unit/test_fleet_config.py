@@ -1,0 +1,119 @@
+"""The orchestrator's config (docs/design.md §13): servers, roles, SSH settings, validated at load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployer.errors import BadInput
+from deployer.fleet import is_fleet_file, load_fleet
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, **overrides) -> Path:
+    (tmp_path / "known_hosts").write_text("")
+    config = {
+        "servers": [
+            {"name": "app1", "ssh": "deploy@app1.internal", "roles": ["app", "migrations"],
+             "config": "/home/deploy/releases.yml"},
+            {"name": "app2", "ssh": "deploy@app2.internal", "port": 2222, "roles": ["app"],
+             "config": "/home/deploy/releases.yml"},
+        ],
+        "ssh": {"known_hosts": "known_hosts", "connect_timeout": 5},
+    }
+    config.update(overrides)
+    path = tmp_path / "servers.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(BadInput) as caught:
+        load_fleet(path)
+    return caught.value.message
+
+
+def test_a_two_server_config_loads_in_its_order_with_one_migrations_server(tmp_path):
+    fleet = load_fleet(_write(tmp_path))
+    assert [server.name for server in fleet.servers] == ["app1", "app2"]
+    assert fleet.migrations_server.name == "app1"
+    assert fleet.servers[1].destination == "deploy@app2.internal:2222"
+    assert fleet.servers[0].deployer == "deployer"
+    assert fleet.ssh.known_hosts == (tmp_path / "known_hosts").resolve()
+    assert fleet.parallel == 2  # every server at once unless `parallel` says otherwise
+
+
+def test_a_servers_own_releases_yml_is_not_an_orchestrator_config():
+    assert not is_fleet_file(REPO_ROOT / "releases.yml")
+    assert is_fleet_file(REPO_ROOT / "docs" / "servers.example.yml")
+
+
+def test_the_documented_example_for_two_app_servers_and_postgresql_loads(tmp_path):
+    text = (REPO_ROOT / "docs" / "servers.example.yml").read_text()
+    (tmp_path / "known_hosts").write_text("")
+    path = tmp_path / "servers.yml"
+    path.write_text(text.replace("~/.ssh/skinmenu_known_hosts", str(tmp_path / "known_hosts"))
+                    .replace("~/.ssh/skinmenu_deploy", str(tmp_path / "known_hosts")))
+    fleet = load_fleet(path)
+    assert [s.name for s in fleet.servers] == ["app1", "app2"]
+    assert fleet.migrations_server.name == "app1"
+
+
+def test_no_migrations_server_or_two_of_them_is_refused(tmp_path):
+    servers = yaml.safe_load(_write(tmp_path).read_text())["servers"]
+    servers[0]["roles"] = ["app"]
+    assert "exactly one server the 'migrations' role (found: none)" in _refused(_write(tmp_path, servers=servers))
+    servers[0]["roles"] = servers[1]["roles"] = ["app", "migrations"]
+    assert "(found: app1, app2)" in _refused(_write(tmp_path, servers=servers))
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"name": "app 1"}, "servers[0].name"),
+    ({"roles": ["app", "web"]}, "servers[0].roles"),
+    ({"ssh": "-oProxyCommand=x"}, "servers[0].ssh"),
+    ({"port": 70000}, "servers[0].port"),
+    ({"config": "releases.yml"}, "servers[0].config"),
+    ({"colour": "blue"}, "servers[0].colour"),
+    ({"port": "22"}, "servers[0].port"),
+])
+def test_a_bad_server_entry_is_refused_naming_its_key(tmp_path, change, named):
+    servers = yaml.safe_load(_write(tmp_path).read_text())["servers"]
+    servers[0].update(change)
+    assert named in _refused(_write(tmp_path, servers=servers))
+
+
+def test_an_empty_server_list_or_a_missing_known_hosts_is_refused(tmp_path):
+    assert "'servers' must list at least one server" in _refused(_write(tmp_path, servers=[]))
+    assert "'ssh.known_hosts'" in _refused(_write(tmp_path, ssh={"known_hosts": "missing"}))
+    assert "missing required key 'ssh.known_hosts'" in _refused(_write(tmp_path, ssh={"connect_timeout": 3}))
+    assert "'ssh.connect_timeout' must be positive" in _refused(
+        _write(tmp_path, ssh={"known_hosts": "known_hosts", "connect_timeout": 0}))
+
+
+def test_a_server_named_twice_is_refused(tmp_path):
+    servers = yaml.safe_load(_write(tmp_path).read_text())["servers"]
+    servers[1]["name"] = "app1"
+    assert "names 'app1' twice" in _refused(_write(tmp_path, servers=servers))
+
+
+def test_commands_not_built_across_servers_say_so_with_exit_2(tmp_path):
+    path = _write(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "deployer", "--config", str(path), "deploy", "main"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("deployer: error: ") and "across servers is not built yet" in result.stderr
+
+
+def test_a_bad_orchestrator_config_is_one_line_and_exit_2(tmp_path):
+    path = _write(tmp_path, servers=[{"name": "app1", "ssh": "app1", "roles": ["app"], "config": "/r.yml"}])
+    result = subprocess.run([sys.executable, "-m", "deployer", "--config", str(path), "status"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("deployer: error: ") and result.stderr.count("\n") == 1
+    assert "migrations" in result.stderr
