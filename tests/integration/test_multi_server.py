@@ -1,0 +1,170 @@
+"""The orchestrator against real SSH (docs/design.md §13): a private sshd on 127.0.0.1 that the
+suite starts, two deploy roots reached through it as two "servers", each with its own
+releases.yml, and the real `deployer` installed in this venv answering on the far side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sshd_server
+import yaml
+
+REMOTE_DEPLOYER = str(Path(sys.executable).parent / "deployer")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = sshd_server.start(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def second(deployment, tmp_path):
+    """A second deploy root beside `deployment`, with the same migrated database."""
+    other = type(deployment)(tmp_path / "app2", deployment.source, deployment.python, deployment.uv_cache)
+    other.database.parent.mkdir(parents=True)
+    shutil.copy(deployment.database, other.database)
+    yield other
+    other.stop()
+
+
+class Orchestrator:
+    """The real CLI run with an orchestrator config (servers reached through `sshd`)."""
+
+    def __init__(self, root: Path, sshd: sshd_server.SshServer, configs: list[Path]) -> None:
+        self.root = root
+        self.sshd = sshd
+        self.config_file = root / "servers.yml"
+        self.write(configs)
+
+    def write(self, configs: list[Path], known_hosts: Path | None = None, **server_overrides) -> None:
+        servers = [{"name": f"app{i + 1}", "ssh": f"{self.sshd.user}@127.0.0.1", "port": self.sshd.port,
+                    "roles": ["app", "migrations"] if i == 0 else ["app"], "config": str(config)}
+                   for i, config in enumerate(configs)]
+        for name, changes in server_overrides.items():
+            next(s for s in servers if s["name"] == name).update(changes)
+        self.config_file.write_text(yaml.safe_dump({
+            "servers": servers,
+            "deployer": REMOTE_DEPLOYER,
+            "ssh": {"known_hosts": str(known_hosts or self.sshd.known_hosts),
+                    "identity": str(self.sshd.client_key), "connect_timeout": 5},
+        }, sort_keys=False))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "DEPLOYER_DEBUG", "SSH_AUTH_SOCK")}
+        return subprocess.run([sys.executable, "-m", "deployer", "--config", str(self.config_file), *args],
+                              capture_output=True, text=True, timeout=600, env=env)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("    | ")]
+    assert len(lines) == 1 and lines[0].startswith("deployer: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def orchestrator(tmp_path, sshd, deployment, second):
+    return Orchestrator(tmp_path, sshd, [deployment.config_file, second.config_file])
+
+
+def test_status_across_two_servers_has_a_row_each_and_says_when_they_agree(orchestrator, deployment, second):
+    deployment.ok("deploy", "base")
+    second.ok("deploy", "base")
+    base = deployment.source.sha("base")
+
+    result = orchestrator.run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [row["name"] for row in data["servers"]] == ["app1", "app2"]
+    assert [row["current"] for row in data["servers"]] == [base, base]
+    assert data["agree"] is True and data["current"] == base
+    assert all(row["status"]["health"]["serves_current"] for row in data["servers"])
+
+    human = orchestrator.run("status")
+    assert human.returncode == 0, human.stderr
+    assert f"servers agree: all on {base[:12]}" in human.stdout
+    assert human.stdout.count(base[:12]) >= 2
+
+
+def test_status_says_plainly_when_servers_are_on_different_releases(orchestrator, deployment, second):
+    deployment.ok("deploy", "base")
+    second.ok("deploy", "second")
+
+    data = json.loads(orchestrator.run("status", "--json").stdout)
+    assert data["agree"] is False and data["current"] is None
+    human = orchestrator.run("status").stdout
+    assert (f"SERVERS DISAGREE: app1 on {deployment.source.sha('base')[:12]}, "
+            f"app2 on {deployment.source.sha('second')[:12]}") in human
+
+
+def test_check_runs_every_servers_own_check_prefixed_by_its_name(orchestrator):
+    result = orchestrator.run("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("app1", "app2"):
+        assert f"[{name}] ok    ssh " in result.stdout
+        assert f"[{name}] ok    config " in result.stdout
+    assert "FAIL" not in result.stdout
+
+
+def test_check_names_the_server_whose_own_check_fails(orchestrator, second):
+    second.env_file.write_text("DJANGO_SECRET_KEY=x\n")  # the required variables are gone
+    result = orchestrator.run("check")
+    assert result.returncode == 1
+    assert "[app2] FAIL" in result.stdout and "[app1] FAIL" not in result.stdout
+    assert "problems on 1 of 2 server(s)" in result.stderr
+
+
+def test_an_unknown_host_key_is_refused_with_exit_2(orchestrator, deployment, second, tmp_path):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    orchestrator.write([deployment.config_file, second.config_file], known_hosts=empty)
+    result = orchestrator.run("status")
+    assert result.returncode == 2
+    line = _one_error_line(result)
+    assert "app1: host key of 127.0.0.1" in line and "not verified" in line
+
+
+def test_a_changed_host_key_is_refused_with_exit_2_even_by_check(orchestrator, deployment, second, tmp_path):
+    impostor = sshd_server.keygen(tmp_path / "impostor_key")
+    wrong = orchestrator.sshd.known_hosts_with("changed_known_hosts", sshd_server.public_line(impostor))
+    orchestrator.write([deployment.config_file, second.config_file], known_hosts=wrong)
+    for command in ("status", "check"):
+        result = orchestrator.run(command)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "host key of 127.0.0.1" in _one_error_line(result)
+
+
+def test_a_server_running_another_deployer_version_is_refused(orchestrator, deployment, second, tmp_path):
+    old = tmp_path / "old-deployer"
+    old.write_text("#!/bin/sh\necho 'deployer, version 0.0.1'\n")
+    old.chmod(old.stat().st_mode | stat.S_IXUSR)
+    orchestrator.write([deployment.config_file, second.config_file], app2={"deployer": str(old)})
+    result = orchestrator.run("status")
+    assert result.returncode == 2
+    assert "app2: runs deployer 0.0.1, this orchestrator is" in _one_error_line(result)
+
+
+def test_a_server_without_a_deployer_is_refused(orchestrator, deployment, second, tmp_path):
+    orchestrator.write([deployment.config_file, second.config_file], app1={"deployer": str(tmp_path / "nothing")})
+    result = orchestrator.run("status")
+    assert result.returncode == 2
+    assert "app1: " in _one_error_line(result) and "does not answer --version" in result.stderr
+
+
+def test_an_unreachable_server_is_exit_1_and_named(orchestrator, deployment, second):
+    orchestrator.write([deployment.config_file, second.config_file], app2={"port": sshd_server._free_port()})
+    result = orchestrator.run("status", "--json")
+    assert result.returncode == 1
+    assert "app2: cannot reach 127.0.0.1" in _one_error_line(result)
+    data = json.loads(result.stdout)
+    assert data["agree"] is False and data["servers"][1]["error"]
