@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the operation failed (the live site was left as it was 
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shlex
@@ -16,6 +17,7 @@ import traceback
 import click
 
 from deployer import __version__, notify, releases, signals, standby
+from deployer import lock as lock_mod
 from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
@@ -29,16 +31,17 @@ from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
 from deployer.fleet import FleetConfig, is_fleet_file, load_fleet
-from deployer.lock import deploy_lock
+from deployer.lock import deploy_lock, held_lock
 from deployer.paths import Paths
 
 
 class Session:
     """What every command needs: the loaded config and the deploy_to layout."""
 
-    def __init__(self, config_file: str | None, debug: bool) -> None:
+    def __init__(self, config_file: str | None, debug: bool, held_lock: str | None = None) -> None:
         self.config_file = config_file
         self.debug = debug
+        self.held_lock = held_lock  # an orchestrator's token: run under the lock it holds (§13)
 
     def load(self) -> tuple[Config, Paths]:
         path = config_path(self.config_file)
@@ -103,7 +106,19 @@ def _debug(ctx: click.Context) -> bool:
 
 
 def _locked(paths: Paths, wait: float):
-    return deploy_lock(paths, "deployer " + shlex.join(sys.argv[1:]), wait)
+    session = click.get_current_context().find_object(Session)
+    if session is not None and session.held_lock:
+        return held_lock(paths, session.held_lock)
+    return deploy_lock(paths, _described(), wait)
+
+
+def _described() -> str:
+    """The command line recorded as the lock holder, without an orchestrator's token."""
+    args = sys.argv[1:]
+    if "--held-lock" in args:
+        at = args.index("--held-lock")
+        args = args[:at] + args[at + 2:]
+    return "deployer " + shlex.join(args)
 
 
 def _run_locked(session: Session, wait: float, command_main, *args) -> None:
@@ -203,15 +218,17 @@ wait_option = click.option(
 @click.group(cls=DeployerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="FILE", help="Config file (default: $DEPLOYER_CONFIG, else ./releases.yml).")
 @click.option("--debug", is_flag=True, help="Show a traceback for failures.")
+@click.option("--held-lock", "held_lock_token", metavar="TOKEN", hidden=True,
+              help="Run under the lock an orchestrator holds with TOKEN (docs/design.md §13).")
 @click.version_option(__version__, prog_name="deployer")
 @click.pass_context
-def main(ctx: click.Context, config_file: str | None, debug: bool) -> None:
+def main(ctx: click.Context, config_file: str | None, debug: bool, held_lock_token: str | None) -> None:
     """Atomic release-directory deploys for the Skinmenu site.
 
     Exit codes: 0 ok, 1 operation failed (live site left as it was or put back),
     2 bad input or configuration, 3 another deploy holds the lock.
     """
-    ctx.obj = Session(config_file, debug)
+    ctx.obj = Session(config_file, debug, held_lock_token)
     signals.stop_like_ctrl_c()
 
 
@@ -223,6 +240,13 @@ def main(ctx: click.Context, config_file: str | None, debug: bool) -> None:
 @click.pass_obj
 def release(session: Session, commit: str, rebuild: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Build COMMIT (branch, tag or sha) into releases/<sha>. Prints the sha."""
+    fleet = session.fleet()
+    if fleet is not None:
+        if plan or rebuild:
+            raise BadInput("--plan and --rebuild are not built yet across servers (docs/design.md §13)",
+                           hint="run them on each server with its own releases.yml")
+        fleet_cmd.release(fleet, commit)
+        return
     if _planned(session, plan, as_json, plan_mod.release_plan, commit, rebuild):
         return
     _run_locked(session, wait, release_cmd.main, commit, rebuild)
@@ -326,6 +350,19 @@ def expire_standby(session: Session, wait: float) -> None:
         stopped = standby.stop_expired(config, paths, say=lambda line: click.echo(line, err=True))
     if stopped is None:
         click.echo("no expired standby", err=True)
+
+
+@main.command(name="hold-lock", hidden=True)
+@click.option("--token", required=True, metavar="TOKEN")
+@click.pass_obj
+def hold_lock(session: Session, token: str) -> None:
+    """Take the deploy lock for an orchestrator and hold it until stdin closes (docs/design.md
+    §13): when the orchestrator's SSH connection drops, stdin closes and the lock is released."""
+    config, paths = session.load()
+    with deploy_lock(paths, "deployer hold-lock (for an orchestrator)", 0, orchestrator_token=token):
+        click.echo(json.dumps({"locked": True, "holder": lock_mod.read_holder(paths)}))
+        sys.stdout.flush()
+        sys.stdin.read()
 
 
 @main.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import getpass
+import hashlib
 import json
 import os
 import socket
@@ -29,8 +30,15 @@ def describe_holder(holder: dict) -> str:
     )
 
 
+def token_id(token: str) -> str:
+    """What the lock file records of an orchestrator's token: a digest, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
 @contextmanager
-def deploy_lock(paths: Paths, command: str, wait: float = 0) -> Iterator[None]:
+def deploy_lock(paths: Paths, command: str, wait: float = 0, orchestrator_token: str | None = None) -> Iterator[None]:
+    """Hold the deploy lock. With `orchestrator_token`, the lock is held for an orchestrator
+    (docs/design.md §13): commands it runs with the same token work under it (`held_lock`)."""
     paths.ensure_state()
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -42,6 +50,8 @@ def deploy_lock(paths: Paths, command: str, wait: float = 0) -> Iterator[None]:
             "command": command,
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if orchestrator_token:
+            holder["orchestrator"] = token_id(orchestrator_token)
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         try:
@@ -51,6 +61,20 @@ def deploy_lock(paths: Paths, command: str, wait: float = 0) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def held_lock(paths: Paths, token: str) -> Iterator[None]:
+    """Run under a lock an orchestrator already holds on this server (its `hold-lock` process,
+    which lives as long as the orchestrator's SSH connection). Anything else is exit 3."""
+    holder = read_holder(paths)
+    if not holder or holder.get("orchestrator") != token_id(token):
+        raise LockHeld(
+            "the orchestrator's lock on this server is not held"
+            + (f" (held by {describe_holder(holder)})" if holder else ""),
+            hint="the orchestrator's connection to this server was lost; run the command again",
+        )
+    yield
 
 
 def _acquire(fd: int, paths: Paths, wait: float) -> None:

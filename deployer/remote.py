@@ -48,6 +48,19 @@ def list_argv(server: Server) -> list[str]:
     return deployer_argv(server, "list", "--json")
 
 
+def hold_lock_argv(server: Server, token: str) -> list[str]:
+    return deployer_argv(server, "hold-lock", "--token", token)
+
+
+def under_lock(argv: list[str], token: str) -> list[str]:
+    """A deployer argv that runs under the lock the orchestrator holds with `token`."""
+    return [argv[0], "--held-lock", token, *argv[1:]]
+
+
+def release_argv(server: Server, ref: str, token: str) -> list[str]:
+    return under_lock(deployer_argv(server, "release", ref), token)
+
+
 # -- running them --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -85,17 +98,59 @@ class Connection:
         """Run a `deployer … --json` command and return its answer; a failure names the server."""
         result = await self.run(argv)
         if not result.ok:
-            raise _remote_failure(self.server, result)
+            raise remote_failure(self.server, result)
         try:
             return json.loads(result.stdout)
         except ValueError:
             raise OperationFailed(f"{self.server.name}: {shlex.join(argv[3:])} did not answer JSON",
                                   details=tail(result.stdout + result.stderr)) from None
 
+    async def hold_lock(self, token: str) -> "HeldLock":
+        """Take this server's deploy lock for the orchestrator: a remote `hold-lock` process that
+        keeps it while its stdin is open, so the lock goes when this connection goes."""
+        argv = hold_lock_argv(self.server, token)
+        try:
+            if self._ssh is None:
+                proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                first = (await proc.stdout.readline()).decode("utf-8", "replace")
+            else:
+                proc = await self._ssh.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
+                first = await proc.stdout.readline()
+        except (asyncssh.Error, OSError) as exc:
+            raise OperationFailed(f"{self.server.name}: cannot take the deploy lock: {_why(exc)}") from exc
+        held = HeldLock(self.server, proc)
+        if first.strip().startswith('{"locked": true'):
+            return held
+        status, err = await held.release()
+        raise remote_failure(self.server, Result(argv, status, first, err))
+
     async def close(self) -> None:
         if self._ssh is not None:
             self._ssh.close()
             await self._ssh.wait_closed()
+
+
+class HeldLock:
+    """A server's deploy lock held for the orchestrator; `release` closes the remote stdin."""
+
+    def __init__(self, server: Server, proc: Any) -> None:
+        self.server = server
+        self._proc = proc
+
+    async def release(self) -> tuple[int, str]:
+        proc = self._proc
+        try:
+            if isinstance(proc, asyncio.subprocess.Process):
+                proc.stdin.close()
+                err = (await proc.stderr.read()).decode("utf-8", "replace")
+                return await proc.wait(), err
+            proc.stdin.write_eof()
+            err = await proc.stderr.read()
+            done = await proc.wait()
+            return (done.exit_status if done.exit_status is not None else 255), err
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            return 255, ""  # the connection is gone, and with it the lock
 
 
 def _text(value: Any) -> str:
@@ -125,12 +180,13 @@ def _why(exc: BaseException) -> str:
     return one_line(str(reason))
 
 
-def _remote_failure(server: Server, result: Result) -> DeployError:
+def remote_failure(server: Server, result: Result) -> DeployError:
     """A failed `deployer` on a server, as the same kind of error (its exit code) naming the server."""
-    last = next((line for line in reversed(result.stderr.strip().splitlines()) if line.strip()), "")
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    last = lines.pop() if lines else ""
     message = last.removeprefix("deployer: error: ") if last else f"exited with status {result.exit_status}"
     error = {2: BadInput, 3: LockHeld}.get(result.exit_status, OperationFailed)
-    return error(f"{server.name}: {message}", details=tail(result.stdout))
+    return error(f"{server.name}: {message}", details="\n".join(f"[{server.name}] {line}" for line in lines[-8:]))
 
 
 async def connect(fleet: FleetConfig, server: Server) -> Connection:
@@ -220,6 +276,50 @@ async def on_each(fleet: FleetConfig, task: Callable[[Connection], Awaitable[T]]
                 await connection.close()
 
     return list(await asyncio.gather(*(one(server) for server in fleet.servers)))
+
+
+async def connect_all(fleet: FleetConfig) -> list[Connection]:
+    """A connection to every server, or none: one unreachable or refused server closes the
+    others and stops the command before anything changed."""
+    gate = asyncio.Semaphore(fleet.parallel)
+
+    async def one(server: Server) -> Outcome:
+        async with gate:
+            try:
+                return Outcome(server, value=await connect(fleet, server))
+            except DeployError as exc:
+                return Outcome(server, error=exc)
+
+    outcomes = await asyncio.gather(*(one(server) for server in fleet.servers))
+    error = worst(outcomes)
+    if error is not None:
+        await close_all([outcome.value for outcome in outcomes if outcome.value is not None])
+        raise error
+    return [outcome.value for outcome in outcomes]
+
+
+async def close_all(connections: list[Connection]) -> None:
+    for connection in connections:
+        await connection.close()
+
+
+async def lock_all(connections: list[Connection], token: str) -> list[HeldLock]:
+    """Every server's deploy lock, taken one by one in the config's order (two orchestrators
+    can never each hold half). A lock held anywhere releases the ones taken: exit 3 naming the
+    server and its holder."""
+    held: list[HeldLock] = []
+    try:
+        for connection in connections:
+            held.append(await connection.hold_lock(token))
+    except BaseException:
+        await release_all(held)
+        raise
+    return held
+
+
+async def release_all(held: list[HeldLock]) -> None:
+    for lock in reversed(held):
+        await lock.release()
 
 
 def worst(outcomes: list[Outcome]) -> DeployError | None:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sys
 
+from deployer.errors import DeployError, OperationFailed
 from deployer.fleet import FleetConfig
-from deployer.remote import Connection, Outcome, check_argv, on_each, status_argv, worst
+from deployer.remote import (
+    Connection, Outcome, check_argv, close_all, connect_all, list_argv, lock_all, on_each, release_all,
+    release_argv, remote_failure, status_argv, worst,
+)
 
 
 def collect_status(fleet: FleetConfig) -> dict:
@@ -109,3 +114,85 @@ def check(fleet: FleetConfig) -> int:
         print(f"deployer: check found problems on {failed} of {len(outcomes)} server(s)", file=sys.stderr)
         return 1
     return 0
+
+
+def release(fleet: FleetConfig, ref: str) -> str:
+    """`release <ref>` on every server (docs/design.md §13 phases 1–3): lock all in order,
+    resolve once (the migrations server's answer is the sha), build on each in parallel, and
+    check the tree digest and requirements key are identical everywhere. Nothing goes live."""
+    sha = asyncio.run(_release(fleet, ref))
+    print(sha)
+    return sha
+
+
+async def _release(fleet: FleetConfig, ref: str) -> str:
+    token = secrets.token_hex(16)
+    connections = await connect_all(fleet)
+    try:
+        held = await lock_all(connections, token)
+        try:
+            sha = await _build_everywhere(fleet, connections, ref, token)
+            await _same_release(fleet, connections, sha)
+            return sha
+        finally:
+            await release_all(held)
+    finally:
+        await close_all(connections)
+
+
+def _say(name: str, text: str) -> None:
+    """A server's step lines, each prefixed by its name (readable when servers run in parallel)."""
+    for line in text.rstrip().splitlines():
+        print(f"[{name}] {line}", file=sys.stderr, flush=True)
+
+
+async def _release_on(connection: Connection, ref: str, token: str, gate: asyncio.Semaphore) -> Outcome:
+    async with gate:
+        try:
+            result = await connection.run(release_argv(connection.server, ref, token))
+        except DeployError as exc:
+            return Outcome(connection.server, error=exc)
+    if not result.ok:  # its last step lines come with the error, as `    | ` lines
+        return Outcome(connection.server, error=remote_failure(connection.server, result))
+    _say(connection.server.name, result.stderr)
+    lines = result.stdout.strip().splitlines()
+    return Outcome(connection.server, value=lines[-1] if lines else None)
+
+
+async def _build_everywhere(fleet: FleetConfig, connections: list[Connection], ref: str, token: str) -> str:
+    gate = asyncio.Semaphore(fleet.parallel)
+    outcomes = await asyncio.gather(*(_release_on(c, ref, token, gate) for c in connections))
+    _raise_build_failure(outcomes)
+    authority = fleet.migrations_server.name
+    sha = next(outcome.value for outcome in outcomes if outcome.server.name == authority)
+    # A branch that moved between two servers' fetches: the migrations server's sha wins.
+    others = [c for c, outcome in zip(connections, outcomes) if outcome.value != sha]
+    if others:
+        _raise_build_failure(await asyncio.gather(*(_release_on(c, sha, token, gate) for c in others)))
+    return sha
+
+
+def _raise_build_failure(outcomes: list[Outcome]) -> None:
+    error = worst(outcomes)
+    if error is not None:
+        if not error.hint:
+            error.hint = "nothing live was changed on any server"
+        raise error
+
+
+async def _same_release(fleet: FleetConfig, connections: list[Connection], sha: str) -> None:
+    """The release must be the same bytes everywhere before anything can go live."""
+    answers = await asyncio.gather(*(c.deployer_json(list_argv(c.server)) for c in connections))
+    seen = {}
+    for connection, answer in zip(connections, answers):
+        row = next((r for r in answer.get("releases", []) if r.get("sha") == sha), None)
+        if row is None:
+            raise OperationFailed(f"{connection.server.name}: releases/{sha[:12]} is not complete after its build")
+        seen[connection.server.name] = (row.get("tree_digest"), row.get("requirements_key"))
+    first_name, first = next(iter(seen.items()))
+    for name, pair in seen.items():
+        for index, what in enumerate(("tree digest", "requirements key")):
+            if pair[index] != first[index] or pair[index] is None:
+                raise OperationFailed(
+                    f"{name}: releases/{sha[:12]} has another {what} than on {first_name}",
+                    hint="nothing live was changed; rebuild it there with `deployer release --rebuild`")

@@ -53,6 +53,9 @@ def rows(paths: Paths, config: Config | None = None) -> list[dict]:
             "state": state,
             # The release a warm standby colour still runs: a rollback to it is a relink (§16).
             "standby": warm is not None and sha == warm.sha and sha != live,
+            # What an orchestrator compares across servers before anything goes live (§13).
+            "tree_digest": (meta.get("digests") or {}).get("tree") or meta.get("tree_digest"),
+            "requirements_key": meta.get("requirements_key"),
         })
     return out
 

@@ -86,6 +86,7 @@ def start(root: Path) -> SshServer:
         "StrictModes no\n"  # pytest's temp directories are not owned the way sshd wants for ~/.ssh
         "PrintMotd no\n"
         "LogLevel ERROR\n"
+        + _session_env()
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
@@ -97,6 +98,18 @@ def start(root: Path) -> SshServer:
     server = SshServer(root, port, user, host_key, client_key, known_hosts, process)
     _wait_listening(server, root / "sshd.log")
     return server
+
+
+_PASSED_ON = ("SSL_CERT_", "PIP_", "UV_", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
+              "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+def _session_env() -> str:
+    """The machine's package-index and CA settings, given to SSH sessions as a real server has
+    its own (sshd's SetEnv): a build over SSH must reach the same index as one run locally."""
+    pairs = [f'{name}="{value}"' for name, value in sorted(os.environ.items())
+             if name.startswith(_PASSED_ON) and '"' not in value and "\n" not in value]
+    return f"SetEnv {' '.join(pairs)}\n" if pairs else ""
 
 
 def _user() -> str:

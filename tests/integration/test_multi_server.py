@@ -168,3 +168,72 @@ def test_an_unreachable_server_is_exit_1_and_named(orchestrator, deployment, sec
     assert "app2: cannot reach 127.0.0.1" in _one_error_line(result)
     data = json.loads(result.stdout)
     assert data["agree"] is False and data["servers"][1]["error"]
+
+
+def _lock_of(d) -> dict | None:
+    return json.loads(d.ok("status", "--json").stdout)["lock"]
+
+
+def test_release_builds_the_same_release_on_every_server_and_changes_nothing_live(orchestrator, deployment, second):
+    sha = deployment.source.sha("second")
+    result = orchestrator.run("release", "second")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == sha
+    for name in ("app1", "app2"):
+        assert f"[{name}] [1/8] fetch mirror" in result.stderr
+    for d in (deployment, second):
+        assert sha in d.releases and d.current is None
+        assert _lock_of(d) is None  # every lock was let go
+    rows = [json.loads(d.ok("list", "--json").stdout)["releases"][0] for d in (deployment, second)]
+    assert rows[0]["tree_digest"] == rows[1]["tree_digest"] and rows[0]["tree_digest"]
+    assert rows[0]["requirements_key"] == rows[1]["requirements_key"]
+
+
+def test_a_lock_held_on_one_server_releases_the_others_and_exits_3_naming_it(orchestrator, deployment, second):
+    holder = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(second.config_file),
+                               "hold-lock", "--token", "someone-else"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert '"locked": true' in holder.stdout.readline()
+        result = orchestrator.run("release", "second")
+        assert result.returncode == 3, result.stderr
+        line = _one_error_line(result)
+        assert "app2: another deploy holds the lock" in line and f"pid {holder.pid}" in line
+        assert _lock_of(deployment) is None  # app1's lock, taken first, was released
+        assert deployment.releases == set() and second.releases == set()  # nothing was built
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert _lock_of(second) is None
+
+
+def test_the_orchestrators_lock_goes_when_its_ssh_connection_is_killed(orchestrator, deployment, wait_until):
+    sshd = orchestrator.sshd
+    client = subprocess.Popen(
+        ["ssh", "-F", "/dev/null", "-i", str(sshd.client_key), "-o", f"UserKnownHostsFile={sshd.known_hosts}",
+         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(sshd.port), f"{sshd.user}@127.0.0.1",
+         REMOTE_DEPLOYER, "--config", str(deployment.config_file), "hold-lock", "--token", "orchestrator"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert '"locked": true' in client.stdout.readline()
+        assert _lock_of(deployment)["orchestrator"]  # held for an orchestrator (its token's digest)
+        blocked = deployment.deployer("release", "base")
+        assert blocked.returncode == 3 and "another deploy holds the lock" in blocked.stderr
+    finally:
+        client.kill()  # kill -9 of the side holding the connection
+        client.wait()
+    wait_until(lambda: _lock_of(deployment) is None, timeout=30)
+
+
+def test_a_build_failure_on_one_server_changes_nothing_live_anywhere(orchestrator, deployment, second):
+    base = deployment.source.sha("base")
+    deployment.ok("deploy", "base")
+    second.ok("deploy", "base")
+    second.write_config(hooks={"after_build": ["false"]})  # app2's build fails after its release is made
+    result = orchestrator.run("release", "second")
+    assert result.returncode == 1, result.stderr
+    line = _one_error_line(result)
+    assert "app2: " in line and "app1" not in line
+    assert deployment.current == base and second.current == base
+    assert deployment.healthz()["release"] == base and second.healthz()["release"] == base
+    assert _lock_of(deployment) is None and _lock_of(second) is None
