@@ -11,8 +11,10 @@ import getpass
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -43,6 +45,7 @@ def deploy_lock(paths: Paths, command: str, wait: float = 0, orchestrator_token:
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _acquire(fd, paths, wait)
+        _wait_for_orphans(paths)
         holder = {
             "pid": os.getpid(),
             "user": getpass.getuser(),
@@ -74,7 +77,67 @@ def held_lock(paths: Paths, token: str) -> Iterator[None]:
             + (f" (held by {describe_holder(holder)})" if holder else ""),
             hint="the orchestrator's connection to this server was lost; run the command again",
         )
-    yield
+    # While this runs it holds the orchestrated lock: when the orchestrator's lock goes, the next
+    # deploy waits here until this command has unwound (see _wait_for_orphans).
+    fd = os.open(_orchestrated_file(paths), os.O_RDWR | os.O_CREAT, 0o600)
+    gone = threading.Event()
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch_held_lock, args=(paths, token, gone, done), daemon=True)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        watcher.start()
+        yield
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join()
+        os.close(fd)
+
+
+ORPHAN_WAIT = 120.0
+
+
+def _orchestrated_file(paths: Paths) -> Path:
+    return paths.state / "orchestrated.lock"
+
+
+def _wait_for_orphans(paths: Paths, wait: float = ORPHAN_WAIT) -> None:
+    """A command an orchestrator ran may outlive that orchestrator's lock by the time it takes
+    to unwind (it is stopped when the lock goes). The lock's new holder waits for it first."""
+    fd = os.open(_orchestrated_file(paths), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockHeld("a command of an orchestrator whose connection dropped is still stopping",
+                                   hint="wait a minute and run the command again") from None
+                if not announced:
+                    print("waiting for a command of a disconnected orchestrator to stop", file=sys.stderr)
+                    announced = True
+                time.sleep(0.1)
+    finally:
+        os.close(fd)
+
+
+HELD_LOCK_POLL = 0.5
+
+
+def _watch_held_lock(paths: Paths, token: str, gone: threading.Event, done: threading.Event) -> None:
+    """When the orchestrator's lock goes (its SSH connection dropped), stop this command the way
+    SIGTERM stops a deploy: it unwinds and puts back what it changed, rather than going on
+    unlocked beside whatever takes the lock next."""
+    while not done.wait(HELD_LOCK_POLL):
+        holder = read_holder(paths)
+        if not holder or holder.get("orchestrator") != token_id(token):
+            gone.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def _acquire(fd: int, paths: Paths, wait: float) -> None:

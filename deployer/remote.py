@@ -185,8 +185,9 @@ def remote_failure(server: Server, result: Result) -> DeployError:
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     last = lines.pop() if lines else ""
     message = last.removeprefix("deployer: error: ") if last else f"exited with status {result.exit_status}"
+    message, _, hint = message.partition(" — ")  # how _report joins a message and its hint
     error = {2: BadInput, 3: LockHeld}.get(result.exit_status, OperationFailed)
-    return error(f"{server.name}: {message}", details="\n".join(f"[{server.name}] {line}" for line in lines[-8:]))
+    return error(f"{server.name}: {message}", hint=hint, details="\n".join(f"[{server.name}] {line}" for line in lines[-8:]))
 
 
 async def connect(fleet: FleetConfig, server: Server) -> Connection:

@@ -175,8 +175,7 @@ async def _build_everywhere(fleet: FleetConfig, connections: list[Connection], r
 def _raise_build_failure(outcomes: list[Outcome]) -> None:
     error = worst(outcomes)
     if error is not None:
-        if not error.hint:
-            error.hint = "nothing live was changed on any server"
+        error.hint = "nothing live was changed on any server"
         raise error
 
 

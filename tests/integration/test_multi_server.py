@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,12 @@ class Orchestrator:
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("    | ")]
-    assert len(lines) == 1 and lines[0].startswith("deployer: error: "), result.stderr
+    """The failure's one `deployer: error:` line, last on stderr (step lines may come before it)."""
+    lines = result.stderr.splitlines()
+    assert lines and lines[-1].startswith("deployer: error: "), result.stderr
+    assert sum(line.startswith("deployer: error: ") for line in lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
-    return lines[0]
+    return lines[-1]
 
 
 @pytest.fixture
@@ -233,7 +236,37 @@ def test_a_build_failure_on_one_server_changes_nothing_live_anywhere(orchestrato
     result = orchestrator.run("release", "second")
     assert result.returncode == 1, result.stderr
     line = _one_error_line(result)
-    assert "app2: " in line and "app1" not in line
+    assert line.startswith("deployer: error: app2: step 'hook after_build: false' failed")
+    assert line.endswith("— nothing live was changed on any server")
     assert deployment.current == base and second.current == base
     assert deployment.healthz()["release"] == base and second.healthz()["release"] == base
     assert _lock_of(deployment) is None and _lock_of(second) is None
+
+
+def test_an_orchestrator_killed_during_the_build_leaves_no_lock_and_the_next_release_completes(
+        orchestrator, deployment, second, wait_until):
+    env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "SSH_AUTH_SOCK")}
+    killed = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file),
+                               "release", "second"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_until(lambda: (_lock_of(deployment) or {}).get("orchestrator")
+                   and (_lock_of(second) or {}).get("orchestrator"), timeout=60)
+        time.sleep(1.0)  # inside the builds
+    finally:
+        killed.kill()
+        killed.wait()
+    wait_until(lambda: _lock_of(deployment) is None and _lock_of(second) is None, timeout=30)
+
+    status = orchestrator.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["agree"] is True  # nothing went live anywhere
+    again = orchestrator.run("release", "second")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == deployment.source.sha("second")
+
+
+def test_a_command_claiming_an_orchestrators_lock_that_is_not_held_is_exit_3(deployment):
+    result = deployment.deployer("--held-lock", "not-a-real-token", "release", "base")
+    assert result.returncode == 3
+    assert "the orchestrator's lock on this server is not held" in _one_error_line(result)
+    assert deployment.releases == set()
