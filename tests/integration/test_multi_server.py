@@ -270,3 +270,13 @@ def test_a_command_claiming_an_orchestrators_lock_that_is_not_held_is_exit_3(dep
     assert result.returncode == 3
     assert "the orchestrator's lock on this server is not held" in _one_error_line(result)
     assert deployment.releases == set()
+
+
+def test_a_server_named_local_is_run_without_ssh_beside_one_over_ssh(orchestrator, deployment, second):
+    orchestrator.write([deployment.config_file, second.config_file], app1={"ssh": "local"})
+    result = orchestrator.run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["servers"]
+    assert [(row["name"], row["destination"]) for row in rows] == [
+        ("app1", "local"), ("app2", f"{orchestrator.sshd.user}@127.0.0.1:{orchestrator.sshd.port}")]
+    assert all(row["error"] is None and row["status"]["lock"] is None for row in rows)
