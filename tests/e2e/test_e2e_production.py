@@ -165,10 +165,9 @@ def test_deploy_user_may_only_start_and_stop_the_colours(server):
     deploy may restart skinmenu.service and start/stop the two colours, nothing else."""
     c = server.c
     rules = c.run("sudo -l -U deploy").stdout
-    granted = set()
-    for line in rules.splitlines():
-        if line.strip().startswith("(root) NOPASSWD:"):
-            granted |= {cmd.strip() for cmd in line.split("NOPASSWD:", 1)[1].split(",")}
+    # One "(root) NOPASSWD: a, b, ..." entry per rule; sudo may wrap a long one onto indented lines.
+    entries = re.findall(r"\(root\) NOPASSWD:(.*?)(?=\n\s*\(|\Z)", rules, re.S)
+    granted = {" ".join(cmd.split()) for entry in entries for cmd in entry.split(",") if cmd.strip()}
     assert granted == {"/usr/bin/systemctl restart skinmenu.service"} | {
         f"/usr/bin/systemctl {verb} skinmenu@{colour}.service" for verb in ("start", "stop") for colour in COLOURS
     }, rules
