@@ -567,8 +567,17 @@ def test_the_fix_deploys(server):
     fixed = wsgi.replace("\nraise RuntimeError(\"e2e: this release cannot boot\")\n", "")
     sha = server.commit_and_push("Fix the WSGI module", {"app/config/wsgi.py": fixed})
     server.shas["fixed"] = sha
-    result = server.deployer("deploy main")
+    built = server.deployer("release main")
+    assert built.returncode == 0, built.describe()
+    # An activate without a migration: only the colour's start and the two smoke tests.
+    paths = ["/", "/healthz", server.notes["first_assets"][0]]
+    steady = steady_load(server, paths, "steady load before `deployer activate` of the fix (no operation)")
+    load = Load(server, paths, "load during `deployer activate` of the fix (no migration)")
+    result = server.deployer(f"activate {sha[:12]}")
+    stats = load.finish()
     assert result.returncode == 0, result.describe()
+    assert stats["failed"] == 0, stats["errors"]
+    latency_ratio(server, "activate (standby, no migration) under load", stats, steady)
     assert server.healthz()["release"] == sha
     assert VISIBLE_CHANGE in server.https("/").body
 
