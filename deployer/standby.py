@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +130,6 @@ def stop(config: Config, colour: str) -> None:
 
 
 def running(config: Config, colour: str) -> bool:
-    import subprocess
-
     try:
         proc = subprocess.run(is_active_argv(config, colour), capture_output=True, timeout=30, env=clean_env())
     except (OSError, subprocess.TimeoutExpired):
