@@ -113,29 +113,19 @@ def go_live(
                 switch.point_current_at(paths, sha)
                 standby.point_socket_at(config, paths, colours.new)
             if unapply_with:
-                with progress.step("unapply migrations"):
-                    schema.unapply_ahead(config, paths, env_values, plan, progress.note)
-                    if not plan.ahead:
-                        progress.note("nothing to unapply")
+                _unapply_after_switch(config, paths, env_values, plan, progress)
             stage = RESTART
-            with progress.step("smoke test"):
-                smoke.run(config.smoke, sha, paths.release(sha))
         else:
             stage = SWITCH
             with progress.step(f"switch current to {sha[:12]}"):
                 switch.point_current_at(paths, sha)
             if unapply_with:
-                # After the switch: a kill from here on leaves `current` on the release that matches
-                # the smaller schema (docs/design.md §7).
-                with progress.step("unapply migrations"):
-                    schema.unapply_ahead(config, paths, env_values, plan, progress.note)
-                    if not plan.ahead:
-                        progress.note("nothing to unapply")
+                _unapply_after_switch(config, paths, env_values, plan, progress)
             stage = RESTART
             with progress.step("restart service"):
                 service.restart(config)
-            with progress.step("smoke test"):
-                smoke.run(config.smoke, sha, paths.release(sha))
+        with progress.step("smoke test"):
+            smoke.run(config.smoke, sha, paths.release(sha))
         stage = RECORD
         with progress.step("record history"):
             history.append(
@@ -166,6 +156,16 @@ def go_live(
     hooks.run(config, hooks.after_live_point(action), paths.release(sha), sha=sha, previous=previous,
               action=action, env_values=env_values, progress=progress)
     say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
+
+
+def _unapply_after_switch(config: Config, paths: Paths, env_values: dict[str, str], plan: schema.Plan,
+                          progress: Progress) -> None:
+    """After the switch: a kill from here on leaves `current` on the release that matches the
+    smaller schema (docs/design.md §7)."""
+    with progress.step("unapply migrations"):
+        schema.unapply_ahead(config, paths, env_values, plan, progress.note)
+        if not plan.ahead:
+            progress.note("nothing to unapply")
 
 
 def _result_of(stage: str, exc: BaseException) -> str:
