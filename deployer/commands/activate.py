@@ -168,6 +168,17 @@ def _unapply_after_switch(config: Config, paths: Paths, env_values: dict[str, st
             progress.note("nothing to unapply")
 
 
+def _record_failure(paths: Paths, previous: str | None, sha: str, result: str, failure: DeployError,
+                    record: dict) -> str:
+    """The failed attempt's history line; returns what to say about it (even when writing fails)."""
+    action = record.pop("action")
+    try:
+        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
+        return f"{sha[:12]} is marked {result}"
+    except BaseException as exc:
+        return f"recording it in history failed: {as_failure(exc).message}"
+
+
 def _result_of(stage: str, exc: BaseException) -> str:
     """Only a release that did not come up or did not pass its smoke test is failed-smoke (never
     a rollback target); an interrupt or a failure of the deployer itself is `failed`."""
@@ -221,12 +232,7 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         back = _restart_previous(config, paths, previous)
     else:
         back = f"{previous[:12]} is live again (the service was not restarted)"
-    action = record.pop("action")
-    try:
-        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
-        marked = f"{sha[:12]} is marked {result}"
-    except BaseException as exc:
-        marked = f"recording it in history failed: {as_failure(exc).message}"
+    marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (back, schema_note, marked) if part)
 
 
@@ -326,12 +332,7 @@ def _put_back_before_switch(config, paths, sha, previous, failure, env_values, r
             stopped = f"stopping {new} failed: {as_failure(exc).message}"
     schema_note = _restore_schema(config, paths, sha, previous, env_values)
     live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
-    action = record.pop("action")
-    try:
-        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
-        marked = f"{sha[:12]} is marked {result}"
-    except BaseException as exc:
-        marked = f"recording it in history failed: {as_failure(exc).message}"
+    marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (f"the public never saw it: {live}", stopped, schema_note, marked) if part)
 
 
