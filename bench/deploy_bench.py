@@ -16,6 +16,11 @@ Everything happens in a scratch directory under /tmp that the benchmark creates 
    the release; then it times RUNS `deployer rollback` (and RUNS `rollback --to <newer>` in
    between, so that every run is a real switch) from command start until /healthz of the
    gunicorn serves the expected sha;
+   STANDBY: a second deploy root with `service.strategy: standby` (two gunicorns, blue and green,
+   on unix sockets behind scripts/local-service's `front`, the stand-in for nginx) holds the last
+   two releases; interleaved with the NEW rollbacks it times RUNS `rollback` and RUNS
+   `rollback --to <newer>`, each to the warm standby (a relink, no start), until /healthz
+   through the front serves the expected sha;
 3. OLD: a faithful script of the in-place deploy it replaces, in one non-bare checkout with
    one persistent venv: git fetch + checkout <sha>, pip install -r, check --deploy,
    makemigrations --check --dry-run, migrate, collectstatic --clear, restart (stop + start of
@@ -66,6 +71,9 @@ DOC = REPO / "docs" / "benchmarks.md"
 TARGET_BUILD_S = 3.0
 TARGET_ROLLBACK_S = 1.5
 TARGET_DISK_MB = 25.0
+# Issue 10: rollback to the warm standby.
+TARGET_STANDBY_ROLLBACK_S = 0.3
+STANDBY_SECONDS = 3600  # the whole run stays inside the window
 MB = 1_000_000  # du --block-size=1 bytes -> MB (decimal; MiB differ by 5 %, both are printed)
 
 SETTINGS = "config.settings.production"
@@ -217,6 +225,8 @@ class Scratch:
         self.env_file = root / "skinmenu.env"
         self.config = root / "releases.yml"
         self.new_root = root / "new"
+        self.standby_root = root / "standby"
+        self.standby_config = root / "releases-standby.yml"
         self.old_root = root / "old"
         self.checkout = self.old_root / "checkout"
         self.uv_cache = uv_cache or root / "uv-cache"
@@ -226,6 +236,9 @@ class Scratch:
         self.old_port = free_port()
         while self.old_port == self.new_port:
             self.old_port = free_port()
+        self.standby_port = free_port()
+        while self.standby_port in (self.new_port, self.old_port):
+            self.standby_port = free_port()
         self.python = run([FIND_PYTHON]).stdout.strip()
         deployer = Path(sys.executable).parent / "deployer"
         self.deployer = [str(deployer)] if deployer.exists() else [sys.executable, "-m", "deployer"]
@@ -304,6 +317,30 @@ class Scratch:
             f"  cache_dir: {q(str(self.uv_cache))}\n"
             f"smoke: {{url: {q(f'http://127.0.0.1:{self.new_port}')}, check_static: false, timeout: 30}}\n"
         )
+        colour = [str(LOCAL_SERVICE), "--root", str(self.standby_root), "--colour", "{colour}",
+                  "--socket", str(self.standby_root / "run" / "{colour}.sock"), "--env-file", str(self.env_file)]
+        self.standby_config.write_text(
+            "# Written by bench/deploy_bench.py: a local deploy with service.strategy standby.\n"
+            "app: skinmenu\n"
+            "repo: src\n"
+            "deploy_to: standby\n"
+            f"python: {q(self.python)}\n"
+            "keep_releases: 50\n"
+            f"django: {{project_dir: app, settings: {SETTINGS}, requirements: app/requirements.txt}}\n"
+            "env_file: skinmenu.env\n"
+            f"required_env: [{', '.join(REQUIRED_ENV)}]\n"
+            "shared_dirs: [media, db]\n"
+            "service:\n"
+            "  strategy: standby\n"
+            f"  standby_seconds: {STANDBY_SECONDS}\n"
+            f"  start: {q(shlex.join(colour + ['start']))}\n"
+            f"  stop: {q(shlex.join(colour + ['stop']))}\n"
+            f"  is_active: {q(shlex.join(colour + ['status']))}\n"
+            f"  socket: {q(str(self.standby_root / 'run' / '{colour}.sock'))}\n"
+            "install:\n"
+            f"  cache_dir: {q(str(self.uv_cache))}\n"
+            f"smoke: {{url: {q(f'http://127.0.0.1:{self.standby_port}')}, check_static: false, timeout: 30}}\n"
+        )
 
     def service(self, root: Path, port: int, action: str) -> None:
         run([LOCAL_SERVICE, "--root", root, "--bind", f"127.0.0.1:{port}", "--env-file", self.env_file, action],
@@ -316,11 +353,21 @@ class Scratch:
                     self.service(root, port, "stop")
                 except Exception as exc:  # cleanup goes on
                     log(f"warning: stopping the gunicorn of {root.name}/ failed: {exc}")
+        run_dir = self.standby_root / "run"
+        for colour in ("blue", "green"):
+            if (run_dir / f"gunicorn-{colour}.pid").exists():
+                try:
+                    run([LOCAL_SERVICE, "--root", self.standby_root, "--colour", colour, "--socket",
+                         run_dir / f"{colour}.sock", "--env-file", self.env_file, "stop"], env=clean_env(), timeout=120)
+                except Exception as exc:  # cleanup goes on
+                    log(f"warning: stopping the standby world's {colour} failed: {exc}")
+        if (run_dir / "front.pid").exists():
+            run([LOCAL_SERVICE, "--root", self.standby_root, "front-stop"], env=clean_env(), timeout=30)
 
     # the NEW deployer
 
-    def deployer_cmd(self, *args: str) -> tuple[float, subprocess.CompletedProcess]:
-        return timed([*self.deployer, "--config", str(self.config), *args], env=clean_env(),
+    def deployer_cmd(self, *args: str, config: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+        return timed([*self.deployer, "--config", str(config or self.config), *args], env=clean_env(),
                      what=f"deployer {' '.join(args)}")
 
     def warm_new(self, base: str) -> dict:
@@ -362,17 +409,35 @@ class Scratch:
             f"activate {served:.2f}s until served")
         return row
 
-    def new_switch(self, kind: str, target: str, args: list[str]) -> dict:
+    def new_switch(self, kind: str, target: str, args: list[str], standby: bool = False) -> dict:
         """`deployer rollback [...]` from command start until /healthz serves target."""
         load, io10 = loadavg()[0], (io_pressure() or {}).get("avg10")
         started = time.perf_counter()
-        cmd_seconds, proc = self.deployer_cmd(*args)
-        polls = wait_served(self.new_port, target)
+        cmd_seconds, proc = self.deployer_cmd(*args, config=self.standby_config if standby else None)
+        polls = wait_served(self.standby_port if standby else self.new_port, target)
         served = time.perf_counter() - started
-        log(f"     NEW {kind:<11} to {target[:12]}: {served:.2f}s until served "
+        if standby and "warm standby: no start" not in proc.stderr + proc.stdout:
+            raise BenchError(f"standby {kind} to {target[:12]} was not a relink to the warm standby:\n{tail(proc.stderr)}")
+        log(f"     {'STANDBY' if standby else 'NEW'} {kind:<11} to {target[:12]}: {served:.2f}s until served "
             f"(command {cmd_seconds:.2f}s, confirmed by poll #{polls})")
         return {"to": target, "command_seconds": cmd_seconds, "served_seconds": served,
                 "confirm_polls": polls, "steps": parse_steps(proc.stderr), "load1": load, "io10": io10}
+
+    def warm_standby(self, older: str, newer: str) -> dict:
+        """The standby world: its front, then release + activate of the last two commits, so
+        that the older one is the warm standby when the rollbacks start."""
+        log(f"STANDBY: front on 127.0.0.1:{self.standby_port}, release + activate {older[:12]} then {newer[:12]}")
+        (self.standby_root / "run").mkdir(parents=True, exist_ok=True)
+        run([LOCAL_SERVICE, "--root", self.standby_root, "--bind", f"127.0.0.1:{self.standby_port}", "front"],
+            env=clean_env(), timeout=30)
+        out = {}
+        for sha in (older, newer):
+            rel_seconds, _ = self.deployer_cmd("release", sha, config=self.standby_config)
+            seconds, proc = self.deployer_cmd("activate", sha, config=self.standby_config)
+            wait_served(self.standby_port, sha)
+            out[sha] = {"release": rel_seconds, "activate": seconds, "activate_steps": parse_steps(proc.stderr)}
+            log(f"     STANDBY {sha[:12]}: release {rel_seconds:.2f}s, activate {seconds:.2f}s")
+        return out
 
     def probes(self, sha: str, repeat: int = 3) -> dict:
         """The parts of the two dominant costs, timed alone: the venv reuse of `release` (cp -al,
@@ -512,10 +577,15 @@ class Scratch:
         # that every run is a real switch. OLD: rollback is the same script for the previous
         # sha; alternate the direction likewise.
         newer, older = measured[-1], measured[-2]
-        log(f"{self.runs} rollbacks each: NEW `rollback` + `rollback --to`, OLD the script for the other sha")
+        new["standby"] = {"warmup": self.warm_standby(older, newer), "rollbacks": [], "rollforwards": []}
+        log(f"{self.runs} rollbacks each: NEW `rollback` + `rollback --to`, STANDBY the same (to the warm "
+            "standby), OLD the script for the other sha")
         for i in range(self.runs):
             new["rollbacks"].append(self.new_switch("rollback", older, ["rollback"]))
             new["rollforwards"].append(self.new_switch("rollforward", newer, ["rollback", "--to", newer]))
+            new["standby"]["rollbacks"].append(self.new_switch("rollback", older, ["rollback"], standby=True))
+            new["standby"]["rollforwards"].append(
+                self.new_switch("rollforward", newer, ["rollback", "--to", newer], standby=True))
             target = older if i % 2 == 0 else newer
             old["rollbacks"].append(self.old_measured("rollback" if target == older else "roll fwd", target))
         self.cpu_samples.append(cpu_reference())
@@ -589,6 +659,13 @@ def summarize(results: dict) -> dict:
         "old_disk": stats([r["disk_bytes"] for r in old["deploys"]]),
         "old_apparent": stats([r["apparent_bytes"] for r in old["deploys"]]),
     }
+    standby = new.get("standby")
+    if standby:
+        s["standby_rollback"] = stats([r["served_seconds"] for r in standby["rollbacks"]])
+        s["standby_rollback_command"] = stats([r["command_seconds"] for r in standby["rollbacks"]])
+        s["standby_rollforward"] = stats([r["served_seconds"] for r in standby["rollforwards"]])
+        s["standby_rollback_steps"] = step_medians([r["steps"] for r in standby["rollbacks"]],
+                                                   [r["command_seconds"] for r in standby["rollbacks"]])
     s["new_build_steps"] = step_medians([r["steps"] for r in new["releases"]], [r["seconds"] for r in new["releases"]])
     s["new_activate_steps"] = step_medians([r["activate_steps"] for r in new["releases"]],
                                            [r["activate_seconds"] for r in new["releases"]])
@@ -645,6 +722,10 @@ def results_table(s: dict) -> str:
         ("rollback to the previous sha, until /healthz serves it", "`deployer rollback` (smoke included)",
          "the script for the other sha (alternating)", fmt_s(s["new_rollback"]), fmt_s(s["old_rollback"]),
          ratio(s["old_rollback"], s["new_rollback"]), verdict(s["new_rollback"]["median"], TARGET_ROLLBACK_S, "s")),
+        *([("rollback to the warm standby (`strategy: standby`), until /healthz serves it",
+            "`deployer rollback`: relink, no start (smoke included)", "the script for the other sha (alternating)",
+            fmt_s(s["standby_rollback"]), fmt_s(s["old_rollback"]), ratio(s["old_rollback"], s["standby_rollback"]),
+            verdict(s["standby_rollback"]["median"], TARGET_STANDBY_ROLLBACK_S, "s"))] if "standby_rollback" in s else []),
         ("extra disk per release (du, hardlinks once)", "`du -s releases/` after − before", "`du -s checkout/` after − before",
          fmt_mb(s["new_disk"]), fmt_mb(s["old_disk"]), "—",
          verdict(s["new_disk"]["median"] / MB, TARGET_DISK_MB, "MB")),
@@ -671,9 +752,11 @@ def print_summary(s: dict) -> None:
     log(results_table(s))
     log("")
     for key, title in (("new_build_steps", "release steps"), ("new_rollback_steps", "rollback steps"),
+                       ("standby_rollback_steps", "rollback to the warm standby, steps"),
                        ("old_deploy_steps", "old deploy steps")):
-        log(steps_table(s[key], title))
-        log("")
+        if key in s:
+            log(steps_table(s[key], title))
+            log("")
 
 
 def noise_notes(results: dict, s: dict) -> list[str]:

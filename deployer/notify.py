@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
 
-import requests
 
 from deployer import __version__, envfile, git, history, releases
 from deployer.config import Config
@@ -190,6 +189,8 @@ def post(config: Config, payload: dict) -> None:
 
 
 def _post(url: str, payload: dict, notify, outcome: dict) -> None:
+    import requests  # here, not at the top: importing it costs every command ~0.1 s (docs/benchmarks.md)
+
     try:
         with requests.post(
             url, json=payload, timeout=(notify.timeout, notify.timeout), allow_redirects=False,

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.config import COLOURS, Config
-from deployer.errors import OperationFailed
 from deployer.paths import SHA_RE, Paths, current_sha, fsync_dir
 from deployer.proc import clean_env, run
+from deployer.switch import replace_link
 
 START_TIMEOUT = 120
 STOP_TIMEOUT = 60
@@ -46,23 +47,6 @@ def standby_file(paths: Paths) -> Path:
 
 def other(colour: str) -> str:
     return COLOURS[1] if colour == COLOURS[0] else COLOURS[0]
-
-
-def replace_link(link: Path, target: str) -> None:
-    """Point `link` at `target` in one rename(2); never rm + ln."""
-    if link.exists() and not link.is_symlink():
-        raise OperationFailed(f"{link} exists and is not a symlink; refusing to replace it", hint="move it away by hand")
-    for stale in link.parent.glob(f".{link.name}-*"):  # left by a run killed mid-switch
-        if stale.is_symlink():
-            stale.unlink()
-    tmp = link.parent / f".{link.name}-{secrets.token_hex(4)}"
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, link)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(link.parent)
 
 
 def slot_sha(paths: Paths, colour: str) -> str | None:
@@ -129,8 +113,6 @@ def stop(config: Config, colour: str) -> None:
 
 
 def running(config: Config, colour: str) -> bool:
-    import subprocess
-
     try:
         proc = subprocess.run(is_active_argv(config, colour), capture_output=True, timeout=30, env=clean_env())
     except (OSError, subprocess.TimeoutExpired):

@@ -113,29 +113,19 @@ def go_live(
                 switch.point_current_at(paths, sha)
                 standby.point_socket_at(config, paths, colours.new)
             if unapply_with:
-                with progress.step("unapply migrations"):
-                    schema.unapply_ahead(config, paths, env_values, plan, progress.note)
-                    if not plan.ahead:
-                        progress.note("nothing to unapply")
+                _unapply_after_switch(config, paths, env_values, plan, progress)
             stage = RESTART
-            with progress.step("smoke test"):
-                smoke.run(config.smoke, sha, paths.release(sha))
         else:
             stage = SWITCH
             with progress.step(f"switch current to {sha[:12]}"):
                 switch.point_current_at(paths, sha)
             if unapply_with:
-                # After the switch: a kill from here on leaves `current` on the release that matches
-                # the smaller schema (docs/design.md §7).
-                with progress.step("unapply migrations"):
-                    schema.unapply_ahead(config, paths, env_values, plan, progress.note)
-                    if not plan.ahead:
-                        progress.note("nothing to unapply")
+                _unapply_after_switch(config, paths, env_values, plan, progress)
             stage = RESTART
             with progress.step("restart service"):
                 service.restart(config)
-            with progress.step("smoke test"):
-                smoke.run(config.smoke, sha, paths.release(sha))
+        with progress.step("smoke test"):
+            smoke.run(config.smoke, sha, paths.release(sha))
         stage = RECORD
         with progress.step("record history"):
             history.append(
@@ -166,6 +156,27 @@ def go_live(
     hooks.run(config, hooks.after_live_point(action), paths.release(sha), sha=sha, previous=previous,
               action=action, env_values=env_values, progress=progress)
     say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
+
+
+def _unapply_after_switch(config: Config, paths: Paths, env_values: dict[str, str], plan: schema.Plan,
+                          progress: Progress) -> None:
+    """After the switch: a kill from here on leaves `current` on the release that matches the
+    smaller schema (docs/design.md §7)."""
+    with progress.step("unapply migrations"):
+        schema.unapply_ahead(config, paths, env_values, plan, progress.note)
+        if not plan.ahead:
+            progress.note("nothing to unapply")
+
+
+def _record_failure(paths: Paths, previous: str | None, sha: str, result: str, failure: DeployError,
+                    record: dict) -> str:
+    """The failed attempt's history line; returns what to say about it (even when writing fails)."""
+    action = record.pop("action")
+    try:
+        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
+        return f"{sha[:12]} is marked {result}"
+    except BaseException as exc:
+        return f"recording it in history failed: {as_failure(exc).message}"
 
 
 def _result_of(stage: str, exc: BaseException) -> str:
@@ -221,12 +232,7 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         back = _restart_previous(config, paths, previous)
     else:
         back = f"{previous[:12]} is live again (the service was not restarted)"
-    action = record.pop("action")
-    try:
-        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
-        marked = f"{sha[:12]} is marked {result}"
-    except BaseException as exc:
-        marked = f"recording it in history failed: {as_failure(exc).message}"
+    marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (back, schema_note, marked) if part)
 
 
@@ -326,12 +332,7 @@ def _put_back_before_switch(config, paths, sha, previous, failure, env_values, r
             stopped = f"stopping {new} failed: {as_failure(exc).message}"
     schema_note = _restore_schema(config, paths, sha, previous, env_values)
     live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
-    action = record.pop("action")
-    try:
-        history.append(paths, action, previous, sha, result, reason=failure.message, **record)
-        marked = f"{sha[:12]} is marked {result}"
-    except BaseException as exc:
-        marked = f"recording it in history failed: {as_failure(exc).message}"
+    marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (f"the public never saw it: {live}", stopped, schema_note, marked) if part)
 
 

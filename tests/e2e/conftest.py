@@ -71,7 +71,10 @@ def pytest_runtest_makereport(item, call):
     if report.failed and server is not None and report.when == "call":
         # What an operator would look at: the service's journal, nginx's error log, history.
         for title, script in [
-            ("journalctl -u skinmenu.service (last 60)", "journalctl -u skinmenu.service -u skinmenu.socket --no-pager -n 60"),
+            ("journalctl -u skinmenu@blue/green (last 60)",
+             "journalctl -u skinmenu@blue.service -u skinmenu@green.service -u skinmenu.service --no-pager -n 60"),
+            ("the colours", "ls -l /home/deploy/live.sock /home/deploy/current /home/deploy/slots; "
+                            "cat /home/deploy/state/standby.json; systemctl --no-pager list-units 'skinmenu*'"),
             ("/var/log/nginx/error.log (last 30)", "tail -n 30 /var/log/nginx/error.log"),
             ("state/history.jsonl", "tail -n 10 /home/deploy/state/history.jsonl"),
         ]:

@@ -3,7 +3,8 @@ continuously, until a stop file appears or a bound is hit; prints one JSON summa
 
 Each worker thread keeps one TLS connection alive (like a browser) and opens a new one after
 any error or when nginx closes it. A request fails when it raises, times out, or answers
-anything but 200. Usage:
+anything but 200. The release each /healthz answer names is counted (`releases`), so a test can
+show which releases the public was served by. Usage:
 
     python3 loadclient.py --cacert CA --stop FILE --path / --path /healthz [--workers 4]
 """
@@ -37,7 +38,7 @@ def main() -> int:
     ctx = ssl.create_default_context(cafile=args.cacert)
     lock = threading.Lock()
     stats = {"count": 0, "failed": 0, "worst": 0.0, "worst_path": None, "errors": [], "by_status": {},
-             "latencies": []}
+             "releases": {}, "latencies": []}
     deadline = time.monotonic() + args.max_seconds
     stop = threading.Event()
 
@@ -62,14 +63,18 @@ def main() -> int:
                     conn = connect()
                 conn.request("GET", path, headers={"Host": args.host, "User-Agent": "skinmenu-e2e-load"})
                 resp = conn.getresponse()
-                resp.read()
+                body = resp.read()
                 status = resp.status
+                release = None
+                if path.startswith("/healthz") and status == 200:
+                    release = str(json.loads(body).get("release"))
                 if resp.getheader("Connection", "").lower() == "close":
                     conn.close()
                     conn = None
                 if status != 200:
                     error = f"HTTP {status}"
             except Exception as exc:  # noqa: BLE001 - every failure counts
+                release = None
                 error = f"{type(exc).__name__}: {exc}"
                 if conn is not None:
                     conn.close()
@@ -80,6 +85,8 @@ def main() -> int:
                 stats["latencies"].append(elapsed)
                 key = str(status) if status is not None else "error"
                 stats["by_status"][key] = stats["by_status"].get(key, 0) + 1
+                if release is not None:
+                    stats["releases"][release] = stats["releases"].get(release, 0) + 1
                 if elapsed > stats["worst"]:
                     stats["worst"], stats["worst_path"] = elapsed, path
                 if error:

@@ -1,7 +1,9 @@
 """The production files themselves, checked on the host (no container needed): gixy on the
-nginx site, `nginx -t` on it, its media and documents locations, the unit scored offline by
-systemd-analyze, the sudoers rule parsed by visudo, the unit's stop timeout aligned with
-gunicorn's graceful timeout, and the server guide's shell blocks all tagged for the e2e tier."""
+nginx site, `nginx -t` on it, its media and documents locations, the units (the single
+skinmenu.service of `service.strategy: restart` and the skinmenu@ colours of `standby`, the
+shipped strategy) scored offline by systemd-analyze, the sudoers rules parsed by visudo, the
+units' stop timeout aligned with gunicorn's graceful timeout, and the server guide's shell
+blocks all tagged for the e2e tier."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from e2e_machine import figure
 SERVICE = m.REPO / "systemd/skinmenu.service"
 SOCKET = m.REPO / "systemd/skinmenu.socket"
 SUDOERS = m.REPO / "systemd/skinmenu.sudoers"
+COLOUR_SERVICE = m.REPO / "systemd/skinmenu@.service"
+COLOUR_SOCKET = m.REPO / "systemd/skinmenu@.socket"
+STANDBY_SUDOERS = m.REPO / "systemd/skinmenu-standby.sudoers"
 SITE = m.REPO / "nginx/skinmenu.conf"
 
 
@@ -166,34 +171,61 @@ def test_nginx_t_accepts_the_site(tmp_path):
     assert proc.returncode == 0 and "test is successful" in proc.stderr, proc.stdout + proc.stderr
 
 
+def _offline_score(analyze: str, unit: Path) -> float:
+    proc = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
+                          capture_output=True, text=True)
+    match = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)", proc.stdout + proc.stderr)
+    assert match, proc.stdout + proc.stderr
+    return float(match.group(1))
+
+
 def test_systemd_analyze_offline_scores_the_unit_at_most_2(tmp_path):
     analyze = _need("systemd-analyze", "apt-get install systemd")
     # Offline scoring resolves User= etc. only by name; copy so the unit file name is right.
     unit = tmp_path / "skinmenu.service"
     shutil.copy(SERVICE, unit)
-    proc = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
-                          capture_output=True, text=True)
-    match = re.search(r"Overall exposure level for skinmenu\.service: (\d+\.\d+)", proc.stdout + proc.stderr)
-    assert match, proc.stdout + proc.stderr
-    figure(f"systemd-analyze security --offline=true systemd/skinmenu.service (host): {match.group(1)}")
-    assert float(match.group(1)) <= 2.0
+    score = _offline_score(analyze, unit)
+    figure(f"systemd-analyze security --offline=true systemd/skinmenu.service (host): {score}")
+    assert score <= 2.0
+
+
+def test_systemd_analyze_offline_scores_a_colour_at_most_half(tmp_path):
+    """The issue's bound for the standby colours: exposure still <= 0.5."""
+    analyze = _need("systemd-analyze", "apt-get install systemd")
+    unit = tmp_path / "skinmenu@blue.service"  # an instance of the template, as systemd loads it
+    shutil.copy(COLOUR_SERVICE, unit)
+    score = _offline_score(analyze, unit)
+    figure(f"systemd-analyze security --offline=true systemd/skinmenu@.service as skinmenu@blue (host): {score}")
+    assert score <= 0.5
 
 
 def test_unit_files_verify(tmp_path):
     analyze = _need("systemd-analyze", "apt-get install systemd")
-    for src in (SERVICE, SOCKET):
+    # skinmenu-standby.{timer,service} name /home/deploy/.local/bin/deployer: verified in the
+    # booted container (test_e2e_production.py), where the guide has installed it.
+    for src in (SERVICE, SOCKET, COLOUR_SERVICE, COLOUR_SOCKET):
         shutil.copy(src, tmp_path / src.name)
-    proc = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / "skinmenu.socket"), str(tmp_path / "skinmenu.service")],
+    for colour in ("blue", "green"):
+        shutil.copy(COLOUR_SOCKET, tmp_path / f"skinmenu@{colour}.socket")
+        shutil.copy(COLOUR_SERVICE, tmp_path / f"skinmenu@{colour}.service")
+    units = ["skinmenu.socket", "skinmenu.service", "skinmenu@blue.socket", "skinmenu@blue.service",
+             "skinmenu@green.socket", "skinmenu@green.service"]
+    proc = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / u) for u in units)],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), proc.stdout + proc.stderr
+
+
+def sudoers_rules(path: Path) -> list[str]:
+    """The rule lines, continuation lines joined, whitespace collapsed."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def test_sudoers_rule_parses_and_grants_only_the_restart():
     visudo = _need("visudo", "apt-get install sudo")
     proc = subprocess.run([visudo, "-cf", str(SUDOERS)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rules = [line for line in SUDOERS.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    assert rules == [
+    assert sudoers_rules(SUDOERS) == [
         "Cmnd_Alias SKINMENU_RESTART = /usr/bin/systemctl restart skinmenu.service",
         "deploy ALL=(root) NOPASSWD: SKINMENU_RESTART",
     ]
@@ -202,6 +234,28 @@ def test_sudoers_rule_parses_and_grants_only_the_restart():
 
     config = yaml.safe_load((m.REPO / "releases.yml").read_text())
     assert config["service"]["restart"] == "sudo -n /usr/bin/systemctl restart skinmenu.service"
+
+
+def test_standby_sudoers_grants_exactly_start_and_stop_of_the_two_colours():
+    visudo = _need("visudo", "apt-get install sudo")
+    proc = subprocess.run([visudo, "-cf", str(STANDBY_SUDOERS)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [f"/usr/bin/systemctl {verb} skinmenu@{colour}.service"
+             for colour in ("blue", "green") for verb in ("start", "stop")]
+    assert sudoers_rules(STANDBY_SUDOERS) == [
+        "Cmnd_Alias SKINMENU_STANDBY = " + ", ".join(lines),
+        "deploy ALL=(root) NOPASSWD: SKINMENU_STANDBY",
+    ]
+    assert "*" not in STANDBY_SUDOERS.read_text()  # no wildcard can reach another unit
+    # The lines are exactly the commands the shipped releases.yml runs, for both colours.
+    import yaml
+
+    service = yaml.safe_load((m.REPO / "releases.yml").read_text())["service"]
+    assert service["strategy"] == "standby"
+    run = sorted(service[verb].format(colour=colour).removeprefix("sudo -n ")
+                 for colour in ("blue", "green") for verb in ("start", "stop"))
+    assert run == sorted(lines)
+    assert not service["is_active"].startswith("sudo")  # is-active needs no root
 
 
 def test_service_unit_follows_the_design():
@@ -222,15 +276,45 @@ def test_service_unit_follows_the_design():
     assert (socket["SocketUser"], socket["SocketGroup"], socket["SocketMode"]) == (["root"], ["www-data"], ["0660"])
 
 
+def test_colour_units_follow_the_design():
+    """skinmenu@<colour>: the single unit's process and sandbox, started from its own slot, on its
+    own socket (deploy may connect to smoke-test it; nginx through live.sock)."""
+    unit, single = unit_settings(COLOUR_SERVICE), unit_settings(SERVICE)
+    assert unit["Type"] == ["notify"]
+    assert unit["Requires"] == ["skinmenu@%i.socket"]
+    assert unit["User"] == ["skinmenu"]
+    assert "RuntimeDirectory" not in unit
+    exec_start = unit["ExecStart"][0]
+    assert "readlink -e /home/deploy/slots/%i" in exec_start and "current" not in exec_start
+    assert '"$$r/venv/bin/python" -m gunicorn' in exec_start and "--no-control-socket" in exec_start
+    same = ("EnvironmentFile", "KillMode", "TimeoutStopSec", "ReadWritePaths", "ProtectSystem", "ProtectHome",
+            "PrivateNetwork", "RestrictAddressFamilies", "CapabilityBoundingSet", "SystemCallFilter",
+            "NoNewPrivileges", "PrivateUsers", "MemoryDenyWriteExecute")
+    assert {k: unit.get(k) for k in same} == {k: single.get(k) for k in same}
+    socket = unit_settings(COLOUR_SOCKET)
+    assert socket["ListenStream"] == ["/run/skinmenu/%i.sock"]
+    assert (socket["SocketUser"], socket["SocketGroup"], socket["SocketMode"]) == (["deploy"], ["www-data"], ["0660"])
+    import yaml
+
+    service = yaml.safe_load((m.REPO / "releases.yml").read_text())["service"]
+    assert service["socket"] == "/run/skinmenu/{colour}.sock"
+    upstream = [args for d, args, _ in nginx_tree(SITE.read_text()) if d == "upstream"]
+    assert upstream, "no upstream in the nginx site"
+    block = next(children for d, args, children in nginx_tree(SITE.read_text()) if d == "upstream")
+    assert directive(block, "server")[0][0] == "unix:/home/deploy/live.sock"
+    assert not directive(block, "keepalive")  # a kept-alive connection would outlive a switch
+
+
 def test_stop_timeout_is_aligned_with_gunicorn_graceful_timeout(monkeypatch):
     for name in list(os.environ):
         if name.startswith("GUNICORN_"):
             monkeypatch.delenv(name)
     config = runpy.run_path(str(m.REPO / "app/config/gunicorn.py"))
-    stop = unit_settings(SERVICE)["TimeoutStopSec"][0]
-    seconds = int(stop.removesuffix("s"))
-    assert config["preload_app"] is True  # a release that cannot import fails the restart
-    assert config["graceful_timeout"] + 5 <= seconds, (config["graceful_timeout"], stop)
+    assert config["preload_app"] is True  # a release that cannot import fails the restart/start
+    for unit in (SERVICE, COLOUR_SERVICE):
+        stop = unit_settings(unit)["TimeoutStopSec"][0]
+        seconds = int(stop.removesuffix("s"))
+        assert config["graceful_timeout"] + 5 <= seconds, (unit.name, config["graceful_timeout"], stop)
 
 
 def test_every_shell_block_of_the_server_guide_is_tagged_for_e2e():

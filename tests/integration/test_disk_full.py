@@ -9,6 +9,10 @@ import pytest
 
 from deployer.paths import Paths, stale_tmp_dirs
 
+# The build on a full disk is the same for both strategies; this test moves deploy_to onto a
+# small tmpfs, which the restart strategy's local service follows without a front door to move.
+pytestmark = pytest.mark.strategy("restart")
+
 
 @pytest.fixture
 def small_disk(tmp_path):

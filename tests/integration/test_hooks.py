@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+# These stories are the restart strategy (docs/design.md §6); standby has tests/integration/test_standby.py.
+pytestmark = pytest.mark.strategy("restart")
+
 SEEN = ("DEPLOYER_SHA", "DEPLOYER_PREVIOUS", "DEPLOYER_ACTION", "DEPLOYER_ERROR",
         "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOWED_HOSTS", "VIRTUAL_ENV")
 
 RECORDER = f"""
 import json, os, sys
-
-# These stories are the restart strategy (docs/design.md §6); standby has tests/integration/test_standby.py.
-pytestmark = pytest.mark.strategy("restart")
 seen = {{name: os.environ.get(name) for name in {SEEN!r}}}
 seen["DJANGO_SECRET_KEY set"] = bool(os.environ.get("DJANGO_SECRET_KEY"))
 with open(sys.argv[1], "a") as log:
