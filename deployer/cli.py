@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -22,7 +23,6 @@ from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
 from deployer.commands import check as check_cmd
 from deployer.commands import deploy as deploy_cmd
-from deployer.commands import fleet as fleet_cmd
 from deployer.commands import list as list_cmd
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
@@ -31,6 +31,7 @@ from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
 from deployer.fleet import FleetConfig, is_fleet_file, load_fleet
+from deployer.gate import Gate
 from deployer.lock import deploy_lock, held_lock
 from deployer.paths import Paths
 
@@ -207,6 +208,54 @@ def _planned(session: Session, plan: bool, as_json: bool, make_plan, *args) -> b
     return True
 
 
+def _fleet():
+    """The orchestrator's commands, imported only when a config lists servers (asyncssh takes
+    ~0.1 s to import, which every command on a server would pay)."""
+    from deployer.commands import fleet
+    return fleet
+
+
+def _fleet_live():
+    from deployer.commands import fleet_live
+    return fleet_live
+
+
+def _across_servers(session: Session, plan: bool, as_json: bool, wait: float, command: list[str]) -> FleetConfig | None:
+    """The orchestrator config when there is one (docs/design.md §13), with --plan already shown
+    for every server; None for a server's own config."""
+    fleet = session.fleet()
+    if fleet is None:
+        return None
+    plan_mod.require_plan_for_json(plan, as_json)
+    if wait:
+        raise BadInput("--wait is not for an orchestrator: a lock held on any server is exit 3",
+                       hint="run the command again once that deploy has finished")
+    if plan:
+        _fleet().plan(fleet, command, as_json)
+    return fleet
+
+
+def orchestrated_options(command):
+    """How an orchestrator runs activate/rollback on a server (deployer/gate.py); hidden."""
+    command = click.option("--schema-elsewhere", is_flag=True, hidden=True)(command)
+    return click.option("--orchestrated", "deploy_id", metavar="DEPLOY_ID", hidden=True)(command)
+
+
+_DEPLOY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
+
+
+def _gate(session: Session, deploy_id: str | None, schema_elsewhere: bool) -> Gate | None:
+    if deploy_id is None:
+        if schema_elsewhere:
+            raise BadInput("--schema-elsewhere goes with --orchestrated")
+        return None
+    if not session.held_lock:
+        raise BadInput("--orchestrated runs only under an orchestrator's lock (--held-lock)")
+    if not _DEPLOY_ID.fullmatch(deploy_id):
+        raise BadInput(f"not a deploy id: {shown(deploy_id)}")
+    return Gate(deploy_id, owns_schema=not schema_elsewhere)
+
+
 # Errors in these types raise BadInput inside DeployerGroup.invoke (click parses a subcommand's
 # options there), so they end as one `deployer: error:` line with exit 2.
 wait_option = click.option(
@@ -240,12 +289,13 @@ def main(ctx: click.Context, config_file: str | None, debug: bool, held_lock_tok
 @click.pass_obj
 def release(session: Session, commit: str, rebuild: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Build COMMIT (branch, tag or sha) into releases/<sha>. Prints the sha."""
-    fleet = session.fleet()
+    fleet = _across_servers(session, plan, as_json, wait, ["release", commit] + (["--rebuild"] if rebuild else []))
     if fleet is not None:
-        if plan or rebuild:
-            raise BadInput("--plan and --rebuild are not built yet across servers (docs/design.md §13)",
-                           hint="run them on each server with its own releases.yml")
-        fleet_cmd.release(fleet, commit)
+        if rebuild:
+            raise BadInput("--rebuild runs on one server at a time",
+                           hint="run it on that server with its own releases.yml")
+        if not plan:
+            _fleet().release(fleet, commit)
         return
     if _planned(session, plan, as_json, plan_mod.release_plan, commit, rebuild):
         return
@@ -256,12 +306,19 @@ def release(session: Session, commit: str, rebuild: bool, wait: float, plan: boo
 @click.argument("sha")
 @wait_option
 @plan_options
+@orchestrated_options
 @click.pass_obj
-def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool) -> None:
+def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool, deploy_id: str | None,
+             schema_elsewhere: bool) -> None:
     """Make a built release live: migrate, switch, restart, smoke test (or switch back)."""
+    fleet = _across_servers(session, plan, as_json, wait, ["activate", sha])
+    if fleet is not None:
+        if not plan:
+            _fleet_live().activate(fleet, sha)
+        return
     if _planned(session, plan, as_json, plan_mod.activate_plan, sha):
         return
-    _run_locked(session, wait, activate_cmd.main, sha)
+    _run_locked(session, wait, activate_cmd.main, sha, _gate(session, deploy_id, schema_elsewhere))
 
 
 @main.command()
@@ -271,6 +328,11 @@ def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool)
 @click.pass_obj
 def deploy(session: Session, commit: str, wait: float, plan: bool, as_json: bool) -> None:
     """Release COMMIT, then activate it."""
+    fleet = _across_servers(session, plan, as_json, wait, ["deploy", commit])
+    if fleet is not None:
+        if not plan:
+            _fleet_live().deploy(fleet, commit)
+        return
     if _planned(session, plan, as_json, plan_mod.deploy_plan, commit):
         return
     _run_locked(session, wait, deploy_cmd.main, commit)
@@ -282,14 +344,22 @@ def deploy(session: Session, commit: str, wait: float, plan: bool, as_json: bool
 @click.option("--force", is_flag=True, help="Switch even though the database has migrations the target does not know.")
 @wait_option
 @plan_options
+@orchestrated_options
 @click.pass_obj
-def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait: float, plan: bool, as_json: bool) -> None:
+def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait: float, plan: bool, as_json: bool,
+             deploy_id: str | None, schema_elsewhere: bool) -> None:
     """Make the previously live release live again (from history)."""
     if migrate and force:
         raise BadInput("--migrate and --force exclude each other", hint="pass one of them")
+    flags = (["--to", to] if to else []) + (["--migrate"] if migrate else []) + (["--force"] if force else [])
+    fleet = _across_servers(session, plan, as_json, wait, ["rollback", *flags])
+    if fleet is not None:
+        if not plan:
+            _fleet_live().rollback(fleet, to, migrate, force)
+        return
     if _planned(session, plan, as_json, plan_mod.rollback_plan, to, migrate, force):
         return
-    _run_locked(session, wait, rollback_cmd.main, to, migrate, force)
+    _run_locked(session, wait, rollback_cmd.main, to, migrate, force, _gate(session, deploy_id, schema_elsewhere))
 
 
 @main.command()
@@ -300,6 +370,12 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
 @click.pass_obj
 def prune(session: Session, keep: int | None, dry_run: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Delete old releases; never current, the rollback target or one in use."""
+    fleet = _across_servers(session, plan, as_json, wait,
+                            ["prune"] + (["--keep", str(keep)] if keep is not None else []))
+    if fleet is not None:
+        if not plan:
+            _fleet().prune(fleet, keep, dry_run)
+        return
     if _planned(session, plan, as_json, lambda config, paths: plan_mod.prune_plan(
             config, paths, config.keep_releases if keep is None else keep)):
         return
@@ -321,6 +397,10 @@ def prune(session: Session, keep: int | None, dry_run: bool, wait: float, plan: 
 @click.pass_obj
 def list_(session: Session, as_json: bool) -> None:
     """Releases, newest first, with their state."""
+    fleet = session.fleet()
+    if fleet is not None:
+        _fleet().list_releases(fleet, as_json)
+        return
     config, paths = session.load()
     list_cmd.main(config, paths, as_json)
 
@@ -334,7 +414,7 @@ def status(session: Session, as_json: bool) -> None:
     With an orchestrator config: one row per server, and whether they agree."""
     fleet = session.fleet()
     if fleet is not None:
-        fleet_cmd.status(fleet, as_json)
+        _fleet().status(fleet, as_json)
         return
     config, paths = session.load()
     status_cmd.main(config, paths, as_json)
@@ -356,13 +436,13 @@ def expire_standby(session: Session, wait: float) -> None:
 @click.option("--token", required=True, metavar="TOKEN")
 @click.pass_obj
 def hold_lock(session: Session, token: str) -> None:
-    """Take the deploy lock for an orchestrator and hold it until stdin closes (docs/design.md
-    §13): when the orchestrator's SSH connection drops, stdin closes and the lock is released."""
+    """Take the deploy lock for an orchestrator and hold it while its heartbeat comes (docs/design.md
+    §13): when the orchestrator dies, or the network to it goes, the lock is released."""
     config, paths = session.load()
     with deploy_lock(paths, "deployer hold-lock (for an orchestrator)", 0, orchestrator_token=token):
         click.echo(json.dumps({"locked": True, "holder": lock_mod.read_holder(paths)}))
         sys.stdout.flush()
-        sys.stdin.read()
+        lock_mod.wait_for_heartbeats(sys.stdin.fileno())
 
 
 @main.command()
@@ -373,6 +453,6 @@ def check(session: Session) -> None:
     With an orchestrator config: every server's SSH, host key, deployer version and own check."""
     fleet = session.fleet()
     if fleet is not None:
-        sys.exit(fleet_cmd.check(fleet))
+        sys.exit(_fleet().check(fleet))
     config, paths = session.load()
     sys.exit(check_cmd.main(config, paths))

@@ -11,6 +11,7 @@ import getpass
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -126,6 +127,16 @@ def _wait_for_orphans(paths: Paths, wait: float = ORPHAN_WAIT) -> None:
 
 
 HELD_LOCK_POLL = 0.5
+HEARTBEAT_TIMEOUT = 10.0  # the orchestrator beats every 2 s (deployer/remote.py)
+
+
+def wait_for_heartbeats(fd: int, timeout: float = HEARTBEAT_TIMEOUT) -> None:
+    """Return when `fd` closes, or stays silent for `timeout` seconds. An SSH channel whose
+    network is gone never closes by itself (sshd notices a dead client only after minutes)."""
+    while True:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        if not readable or not os.read(fd, 4096):
+            return
 
 
 def _watch_held_lock(paths: Paths, token: str, gone: threading.Event, done: threading.Event) -> None:

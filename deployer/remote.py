@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import shlex
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncssh
 
@@ -61,6 +63,29 @@ def release_argv(server: Server, ref: str, token: str) -> list[str]:
     return under_lock(deployer_argv(server, "release", ref), token)
 
 
+def orchestrated(argv: list[str], token: str, deploy_id: str, owns_schema: bool) -> list[str]:
+    """An activate/rollback argv that stops at the orchestrator's barrier (deployer/gate.py)."""
+    return under_lock(argv + ["--orchestrated", deploy_id] + ([] if owns_schema else ["--schema-elsewhere"]), token)
+
+
+def activate_argv(server: Server, sha: str) -> list[str]:
+    return deployer_argv(server, "activate", sha)
+
+
+def rollback_argv(server: Server, to: str, migrate: bool, force: bool) -> list[str]:
+    return deployer_argv(server, "rollback", "--to", to, *(["--migrate"] if migrate else []),
+                         *(["--force"] if force else []))
+
+
+def plan_argv(server: Server, command: list[str]) -> list[str]:
+    return deployer_argv(server, *command, "--plan", "--json")
+
+
+def prune_argv(server: Server, keep: int | None, dry_run: bool, token: str) -> list[str]:
+    return under_lock(deployer_argv(server, "prune", *(["--keep", str(keep)] if keep is not None else []),
+                                    *(["--dry-run"] if dry_run else [])), token)
+
+
 # -- running them --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -105,20 +130,24 @@ class Connection:
             raise OperationFailed(f"{self.server.name}: {shlex.join(argv[3:])} did not answer JSON",
                                   details=tail(result.stdout + result.stderr)) from None
 
-    async def hold_lock(self, token: str) -> "HeldLock":
-        """Take this server's deploy lock for the orchestrator: a remote `hold-lock` process that
-        keeps it while its stdin is open, so the lock goes when this connection goes."""
-        argv = hold_lock_argv(self.server, token)
+    async def start(self, argv: list[str]) -> "Process":
+        """Start a command with its stdin, stdout and stderr open to us."""
         try:
             if self._ssh is None:
-                proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
-                                                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-                first = (await proc.stdout.readline()).decode("utf-8", "replace")
+                raw = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                           stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             else:
-                proc = await self._ssh.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
-                first = await proc.stdout.readline()
+                raw = await self._ssh.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
         except (asyncssh.Error, OSError) as exc:
-            raise OperationFailed(f"{self.server.name}: cannot take the deploy lock: {_why(exc)}") from exc
+            raise OperationFailed(f"{self.server.name}: cannot start {shlex.join(argv[:4])}: {_why(exc)}") from exc
+        return Process(raw)
+
+    async def hold_lock(self, token: str) -> "HeldLock":
+        """Take this server's deploy lock for the orchestrator: a remote `hold-lock` process that
+        keeps it while we keep writing to it, so the lock goes when this connection goes."""
+        argv = hold_lock_argv(self.server, token)
+        proc = await self.start(argv)
+        first = await proc.readline("stdout")
         held = HeldLock(self.server, proc)
         if first.strip().startswith('{"locked": true'):
             return held
@@ -131,26 +160,75 @@ class Connection:
             await self._ssh.wait_closed()
 
 
-class HeldLock:
-    """A server's deploy lock held for the orchestrator; `release` closes the remote stdin."""
+class Process:
+    """A running command on a server (a local child, or an SSH channel), read line by line."""
 
-    def __init__(self, server: Server, proc: Any) -> None:
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._local = isinstance(raw, asyncio.subprocess.Process)
+
+    async def readline(self, stream: str) -> str:
+        """The next line of "stdout" or "stderr"; "" at its end (or when the connection is gone)."""
+        try:
+            return _text(await getattr(self._raw, stream).readline())
+        except (asyncssh.Error, OSError):
+            return ""
+
+    async def read(self, stream: str) -> str:
+        try:
+            return _text(await getattr(self._raw, stream).read())
+        except (asyncssh.Error, OSError):
+            return ""
+
+    def write(self, text: str) -> bool:
+        """Write to its stdin; False when it is gone."""
+        try:
+            self._raw.stdin.write(text.encode() if self._local else text)
+            return True
+        except (asyncssh.Error, OSError, RuntimeError):
+            return False
+
+    def close_stdin(self) -> None:
+        try:
+            if self._local:
+                self._raw.stdin.close()
+            else:
+                self._raw.stdin.write_eof()
+        except (asyncssh.Error, OSError, RuntimeError):
+            pass
+
+    async def wait(self) -> int:
+        """Its exit status; 255 when the connection went before it said."""
+        try:
+            if self._local:
+                return await self._raw.wait()
+            done = await self._raw.wait()
+            return done.exit_status if done.exit_status is not None else 255
+        except (asyncssh.Error, OSError):
+            return 255
+
+
+HEARTBEAT = 2.0  # seconds between the orchestrator's heartbeats to a held lock (see `hold-lock`)
+
+
+class HeldLock:
+    """A server's deploy lock held for the orchestrator. A heartbeat keeps it: when the
+    orchestrator dies or the network between goes, the server lets it go within seconds."""
+
+    def __init__(self, server: Server, proc: Process) -> None:
         self.server = server
         self._proc = proc
+        self._beat = asyncio.ensure_future(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        while self._proc.write("\n"):
+            await asyncio.sleep(HEARTBEAT)
 
     async def release(self) -> tuple[int, str]:
-        proc = self._proc
-        try:
-            if isinstance(proc, asyncio.subprocess.Process):
-                proc.stdin.close()
-                err = (await proc.stderr.read()).decode("utf-8", "replace")
-                return await proc.wait(), err
-            proc.stdin.write_eof()
-            err = await proc.stderr.read()
-            done = await proc.wait()
-            return (done.exit_status if done.exit_status is not None else 255), err
-        except (asyncssh.Error, OSError, BrokenPipeError):
-            return 255, ""  # the connection is gone, and with it the lock
+        self._beat.cancel()
+        self._proc.close_stdin()
+        err = await self._proc.read("stderr")
+        return await self._proc.wait(), err
 
 
 def _text(value: Any) -> str:
@@ -316,6 +394,22 @@ async def lock_all(connections: list[Connection], token: str) -> list[HeldLock]:
         await release_all(held)
         raise
     return held
+
+
+@asynccontextmanager
+async def locked(fleet: FleetConfig) -> AsyncIterator[tuple[list[Connection], str]]:
+    """Every server connected (or none) and locked in order (or none), for one orchestrated
+    command; yields the connections and the token the servers' commands run under."""
+    token = secrets.token_hex(16)
+    connections = await connect_all(fleet)
+    try:
+        held = await lock_all(connections, token)
+        try:
+            yield connections, token
+        finally:
+            await release_all(held)
+    finally:
+        await close_all(connections)
 
 
 async def release_all(held: list[HeldLock]) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from deployer import envfile, history, hooks, releases, schema, service, signals, smoke, standby, switch
 from deployer.config import Config
+from deployer.gate import Gate, Overruled
 from deployer.errors import BadInput, DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
@@ -35,7 +36,7 @@ class Colours:
 
 def activate(
     config: Config, paths: Paths, sha_or_prefix: str, action: str = "activate",
-    attempt: hooks.Attempt | None = None,
+    attempt: hooks.Attempt | None = None, gate: Gate | None = None,
 ) -> str:
     """Activate a built release (caller holds the deploy lock). Returns its sha."""
     sha = releases.find(paths, sha_or_prefix)
@@ -49,10 +50,12 @@ def activate(
     previous, already_live, finishing = starting_point(paths, sha)
     if already_live:
         say(f"release {sha[:12]} is already live; nothing to do")
+        if gate is not None:
+            gate.tell("already-live")
         return sha
     if finishing:
         say(f"current already points at {sha[:12]}, but that activation never finished; finishing it")
-    go_live(config, paths, progress, sha, meta, previous, action, started, env_values)
+    go_live(config, paths, progress, sha, meta, previous, action, started, env_values, gate=gate)
     return sha
 
 
@@ -87,67 +90,83 @@ def go_live(
     schema_step: str = "migrate",
     unapply_with: str | None = None,
     force: bool = False,
+    gate: Gate | None = None,
 ) -> None:
     """Migrate, switch, restart, smoke test, record. From the first change on, ANY failure
     (an unexpected exception, Ctrl-C, SIGTERM) puts back what was changed before it is reported:
-    exit 1 always means the live site was left as it was or put back (docs/design.md §3)."""
+    exit 1 always means the live site was left as it was or put back (docs/design.md §3).
+
+    With a `gate` (an orchestrator drives several servers, §13), it also waits for the word to go
+    live once prepared, and to keep the release once it is live; being overruled is a failure."""
     service.require_restart_program(config)
+    owns_schema = gate is None or gate.owns_schema
+    deploy_id = gate.deploy_id if gate is not None else None
     stage = SCHEMA
-    backup = None
+    plan = None
     colours: Colours | None = None
     try:
         with progress.step(schema_step):
-            plan = schema.plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
-                               note=progress.note)
-            schema.back_up(config, paths, plan, f"before-{action}-{sha[:12]}", progress.note)
-            backup = plan.backup
-            schema.apply_pending(config, paths, env_values, plan, progress.note)
+            if owns_schema:
+                plan = schema.plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
+                                   note=progress.note)
+                schema.back_up(config, paths, plan, f"before-{action}-{sha[:12]}", progress.note)
+                schema.apply_pending(config, paths, env_values, plan, progress.note)
+            else:
+                progress.note("left to the migrations server (the orchestrator ran it there first)")
+        if gate is not None:
+            gate.tell("migrated")
         # Still SCHEMA: a failing command puts the schema back and leaves current alone.
         hooks.run(config, "before_switch", paths.release(sha), sha=sha, previous=previous, action=action,
                   env_values=env_values, progress=progress)
         if config.service.standby:
             stage = PREPARE
             colours = _prepare_standby(config, paths, progress, sha, previous)
+            if gate is not None:
+                gate.wait("prepared", "go", standby=True)
             stage = SWITCH
             with progress.step(f"switch current and socket to {colours.new}"):
                 switch.point_current_at(paths, sha)
                 standby.point_socket_at(config, paths, colours.new)
-            if unapply_with:
+            if unapply_with and plan is not None:
                 _unapply_after_switch(config, paths, env_values, plan, progress)
             stage = RESTART
         else:
+            if gate is not None:
+                stage = PREPARE
+                gate.wait("prepared", "go", standby=False)
             stage = SWITCH
             with progress.step(f"switch current to {sha[:12]}"):
                 switch.point_current_at(paths, sha)
-            if unapply_with:
+            if unapply_with and plan is not None:
                 _unapply_after_switch(config, paths, env_values, plan, progress)
             stage = RESTART
             with progress.step("restart service"):
                 service.restart(config)
         with progress.step("smoke test"):
             smoke.run(config.smoke, sha, paths.release(sha))
+        if gate is not None:
+            gate.wait("live", "commit")
         stage = RECORD
         with progress.step("record history"):
             history.append(
-                paths, action, previous, sha, history.OK, backup=backup,
+                paths, action, previous, sha, history.OK, backup=_backup_of(plan), deploy_id=deploy_id,
                 seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations),
             )
             if colours is not None:
                 _leave_standby(config, paths, colours, progress)
     except BaseException as exc:
         failure = as_failure(exc)
+        record = {"action": action, "backup": _backup_of(plan), "deploy_id": deploy_id,
+                  "seconds": round(time.monotonic() - started, 2), "steps": dict(progress.durations)}
         with signals.shielded():
             if stage == SCHEMA:
-                _put_back_schema(config, paths, sha, previous, failure, env_values)
+                _put_back_schema(config, paths, sha, previous, failure, env_values, owns_schema)
             elif stage == PREPARE:
                 _put_back_before_switch(config, paths, sha, previous, failure, env_values, _result_of(RESTART, exc),
-                                        {"action": action, "backup": backup, "steps": dict(progress.durations),
-                                         "seconds": round(time.monotonic() - started, 2)})
+                                        record, owns_schema)
             else:
-                record = {"action": action, "backup": backup, "seconds": round(time.monotonic() - started, 2),
-                          "steps": dict(progress.durations)}
                 _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values,
-                                       _result_of(stage, exc), record, colours)
+                                       _result_of(stage, exc), record, colours, owns_schema)
         if failure is exc:
             raise
         raise failure from exc
@@ -179,9 +198,16 @@ def _record_failure(paths: Paths, previous: str | None, sha: str, result: str, f
         return f"recording it in history failed: {as_failure(exc).message}"
 
 
+def _backup_of(plan: schema.Plan | None) -> str | None:
+    return plan.backup if plan is not None else None
+
+
 def _result_of(stage: str, exc: BaseException) -> str:
     """Only a release that did not come up or did not pass its smoke test is failed-smoke (never
-    a rollback target); an interrupt or a failure of the deployer itself is `failed`."""
+    a rollback target); an interrupt or a failure of the deployer itself is `failed`. An
+    orchestrator that called it off says which (another server's smoke test, or it went away)."""
+    if isinstance(exc, Overruled):
+        return exc.result
     return history.FAILED_SMOKE if stage == RESTART and isinstance(exc, DeployError) else history.FAILED
 
 
@@ -197,14 +223,15 @@ def as_failure(exc: BaseException) -> DeployError:
     return OperationFailed(f"unexpected {type(exc).__name__}: {exc}")
 
 
-def _put_back_schema(config, paths, sha, previous, failure, env_values):
+def _put_back_schema(config, paths, sha, previous, failure, env_values, owns_schema=True):
     """A failure before the switch: `current` never moved; undo a partial migration."""
-    schema_note = _restore_schema(config, paths, sha, previous, env_values)
+    schema_note = _restore_schema(config, paths, sha, previous, env_values, owns_schema)
     live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
     failure.hint = "; ".join(part for part in (f"the live release is untouched: {live}", schema_note, failure.hint) if part)
 
 
-def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record, colours=None):
+def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record, colours=None,
+                           owns_schema=True):
     """`current` may have moved: relink the previous release, bring the database back to its
     migrations, restart and smoke-test it, record the attempt. Each part reports the true state
     even when it fails itself."""
@@ -223,7 +250,7 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         failure.hint = (f"switching back FAILED ({as_failure(exc).message}): current still points at "
                         f"{sha[:12]}; run `deployer rollback --to {(previous or sha)[:12]}`")
         return
-    schema_note = _restore_schema(config, paths, sha, previous, env_values)
+    schema_note = _restore_schema(config, paths, sha, previous, env_values, owns_schema)
     if previous is None:
         back = "nothing was live before, and current is removed"
     elif colours is not None:
@@ -318,7 +345,7 @@ def _standby_back(config: Config, paths: Paths, colours: Colours, previous: str)
         return f"{previous[:12]} is back in current but did not pass its smoke test either: {as_failure(exc).message}"
 
 
-def _put_back_before_switch(config, paths, sha, previous, failure, env_values, result, record):
+def _put_back_before_switch(config, paths, sha, previous, failure, env_values, result, record, owns_schema=True):
     """A standby that failed to start or failed its smoke test on its own socket: the public
     never saw it. Stop it, put the schema back, record it."""
     new = next((c for c in standby.COLOURS if standby.slot_sha(paths, c) == sha
@@ -330,7 +357,7 @@ def _put_back_before_switch(config, paths, sha, previous, failure, env_values, r
             stopped = f"{new} is stopped"
         except BaseException as exc:
             stopped = f"stopping {new} failed: {as_failure(exc).message}"
-    schema_note = _restore_schema(config, paths, sha, previous, env_values)
+    schema_note = _restore_schema(config, paths, sha, previous, env_values, owns_schema)
     live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
     marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (f"the public never saw it: {live}", stopped, schema_note, marked) if part)
@@ -345,11 +372,12 @@ def _restart_previous(config: Config, paths: Paths, previous: str) -> str:
         return f"{previous[:12]} is back in current but did not pass its smoke test either: {as_failure(exc).message}"
 
 
-def _restore_schema(config, paths, sha, previous, env_values) -> str:
+def _restore_schema(config, paths, sha, previous, env_values, owns_schema=True) -> str:
     """Bring the database back to the previous release's migrations (unapplying with the new
     release's code what it applied, re-applying what a --migrate rollback unapplied). Returns
-    a note for the failure message, empty when nothing needed doing."""
-    if previous is None:
+    a note for the failure message, empty when nothing needed doing. A server that does not
+    own the schema (an orchestrated deploy migrates on the migrations server only) leaves it."""
+    if previous is None or not owns_schema:
         return ""
     meta = releases.read_metadata(paths.release(previous))
     if meta is None:
@@ -365,6 +393,6 @@ def _restore_schema(config, paths, sha, previous, env_values) -> str:
     return f"the database is back on {previous[:12]}'s migrations" if changed else ""
 
 
-def main(config: Config, paths: Paths, sha_or_prefix: str) -> None:
+def main(config: Config, paths: Paths, sha_or_prefix: str, gate: Gate | None = None) -> None:
     with hooks.on_failure(config, paths, "activate") as attempt:
-        activate(config, paths, sha_or_prefix, attempt=attempt)
+        activate(config, paths, sha_or_prefix, attempt=attempt, gate=gate)

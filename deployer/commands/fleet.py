@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import sys
 
 from deployer.errors import DeployError, OperationFailed
 from deployer.fleet import FleetConfig
+from deployer.steps import DOTS_TO
 from deployer.remote import (
-    Connection, Outcome, check_argv, close_all, connect_all, list_argv, lock_all, on_each, release_all,
-    release_argv, remote_failure, status_argv, worst,
+    Connection, Outcome, check_argv, list_argv, locked, on_each, plan_argv, prune_argv, release_argv, remote_failure,
+    status_argv, worst,
 )
 
 
@@ -126,18 +126,15 @@ def release(fleet: FleetConfig, ref: str) -> str:
 
 
 async def _release(fleet: FleetConfig, ref: str) -> str:
-    token = secrets.token_hex(16)
-    connections = await connect_all(fleet)
-    try:
-        held = await lock_all(connections, token)
-        try:
-            sha = await _build_everywhere(fleet, connections, ref, token)
-            await _same_release(fleet, connections, sha)
-            return sha
-        finally:
-            await release_all(held)
-    finally:
-        await close_all(connections)
+    async with locked(fleet) as (connections, token):
+        return await build_everywhere(fleet, connections, ref, token)
+
+
+async def build_everywhere(fleet: FleetConfig, connections: list[Connection], ref: str, token: str) -> str:
+    """Phases 2-3: resolve once, build on each (at most `parallel` at once), same bytes everywhere."""
+    sha = await _build_everywhere(fleet, connections, ref, token)
+    await same_release(connections, sha)
+    return sha
 
 
 def _say(name: str, text: str) -> None:
@@ -179,7 +176,7 @@ def _raise_build_failure(outcomes: list[Outcome]) -> None:
         raise error
 
 
-async def _same_release(fleet: FleetConfig, connections: list[Connection], sha: str) -> None:
+async def same_release(connections: list[Connection], sha: str) -> None:
     """The release must be the same bytes everywhere before anything can go live."""
     answers = await asyncio.gather(*(c.deployer_json(list_argv(c.server)) for c in connections))
     seen = {}
@@ -195,3 +192,90 @@ async def _same_release(fleet: FleetConfig, connections: list[Connection], sha: 
                 raise OperationFailed(
                     f"{name}: releases/{sha[:12]} has another {what} than on {first_name}",
                     hint="nothing live was changed; rebuild it there with `deployer release --rebuild`")
+
+
+def plan(fleet: FleetConfig, command: list[str], as_json: bool) -> None:
+    """`--plan` across servers: each server's own plan of the command, side by side."""
+
+    async def ask(connection: Connection) -> dict:
+        result = await connection.run(plan_argv(connection.server, command))
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            raise remote_failure(connection.server, result) from None
+
+    outcomes = asyncio.run(on_each(fleet, ask))
+    if as_json:
+        json.dump({"command": command[0], "migrations_server": fleet.migrations_server.name, "servers": [
+            {"name": o.server.name, "plan": o.value, "error": o.error.message if o.error else None} for o in outcomes
+        ]}, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"plan: {' '.join(command)} on {len(outcomes)} server(s) (nothing is changed; no lock is taken)")
+        if command[0] in ("deploy", "activate", "rollback"):
+            print(f"[all] migrations run once, on {fleet.migrations_server.name}; the others leave the schema to it")
+        for outcome in outcomes:
+            _print_plan(outcome)
+    error = worst(outcomes)
+    if error is not None:
+        raise error
+    for outcome in outcomes:
+        if outcome.value.get("refused"):
+            raise OperationFailed(f"{outcome.server.name}: {outcome.value['refused']}",
+                                  hint="the real run would change nothing on any server")
+
+
+def _print_plan(outcome: Outcome) -> None:
+    name = outcome.server.name
+    if outcome.error is not None:
+        print(f"[{name}] UNREACHABLE: {outcome.error.message}")
+        return
+    for number, step in enumerate(outcome.value.get("steps", []), 1):
+        print(f"[{name}] " + f"[{number}] {step['step']} ".ljust(DOTS_TO, ".") + f" {step['detail']}")
+
+
+def list_releases(fleet: FleetConfig, as_json: bool) -> None:
+    """`list` across servers: each server's releases, one block per server."""
+
+    async def ask(connection: Connection):
+        return await connection.deployer_json(list_argv(connection.server))
+
+    outcomes = asyncio.run(on_each(fleet, ask))
+    if as_json:
+        json.dump({"servers": [{"name": o.server.name, "releases": (o.value or {}).get("releases"),
+                                "error": o.error.message if o.error else None} for o in outcomes]},
+                  sys.stdout, indent=2)
+        print()
+    else:
+        for outcome in outcomes:
+            name = outcome.server.name
+            if outcome.error is not None:
+                print(f"[{name}] UNREACHABLE: {outcome.error.message}")
+                continue
+            rows = outcome.value.get("releases", [])
+            if not rows:
+                print(f"[{name}] no releases built yet")
+            for row in rows:
+                state = row["state"] + (" +standby" if row.get("standby") else "")
+                print(f"[{name}] {row['sha'][:12]}  {state:20}  {row.get('subject', '')}")
+    error = worst(outcomes)
+    if error is not None:
+        raise error
+
+
+def prune(fleet: FleetConfig, keep: int | None, dry_run: bool) -> None:
+    """`prune` on every server under the orchestrator's lock; each keeps its own rollback target."""
+
+    async def run() -> list[Outcome]:
+        async with locked(fleet) as (connections, token):
+            async def one(connection: Connection) -> Outcome:
+                result = await connection.run(prune_argv(connection.server, keep, dry_run, token))
+                _say(connection.server.name, result.stdout + result.stderr)
+                if not result.ok:
+                    return Outcome(connection.server, error=remote_failure(connection.server, result))
+                return Outcome(connection.server, value=True)
+            return list(await asyncio.gather(*(one(c) for c in connections)))
+
+    error = worst(asyncio.run(run()))
+    if error is not None:
+        raise error

@@ -9,6 +9,7 @@ from deployer import envfile, history, hooks, releases
 from deployer.commands.activate import go_live, hook_steps, step_count
 from deployer.config import Config
 from deployer.errors import OperationFailed
+from deployer.gate import Gate
 from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
 
@@ -52,7 +53,7 @@ def choose(paths: Paths, to: str | None) -> Choice:
 
 def rollback(
     config: Config, paths: Paths, to: str | None, migrate: bool, force: bool,
-    attempt: hooks.Attempt | None = None,
+    attempt: hooks.Attempt | None = None, gate: Gate | None = None,
 ) -> str:
     started = time.monotonic()
     choice = choose(paths, to)
@@ -63,6 +64,8 @@ def rollback(
         attempt.sha = target
     if choice.already_live:
         say(f"release {target[:12]} is already live; nothing to do")
+        if gate is not None:
+            gate.tell("already-live")
         return target
     if choice.finishing:
         say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
@@ -76,6 +79,7 @@ def rollback(
     go_live(
         config, paths, progress, target, meta, choice.previous, "rollback", started, env_values,
         schema_step="check migrations", unapply_with=choice.rolled_from if migrate else None, force=force,
+        gate=gate,
     )
     return target
 
@@ -99,6 +103,6 @@ def _target(paths: Paths, entries: list[dict], to: str | None, live: str | None,
     return target, live
 
 
-def main(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> None:
+def main(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool, gate: Gate | None = None) -> None:
     with hooks.on_failure(config, paths, "rollback") as attempt:
-        rollback(config, paths, to, migrate, force, attempt=attempt)
+        rollback(config, paths, to, migrate, force, attempt=attempt, gate=gate)

@@ -18,66 +18,7 @@ import pytest
 import sshd_server
 import yaml
 
-REMOTE_DEPLOYER = str(Path(sys.executable).parent / "deployer")
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = sshd_server.start(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def second(deployment, tmp_path):
-    """A second deploy root beside `deployment`, with the same migrated database."""
-    other = type(deployment)(tmp_path / "app2", deployment.source, deployment.python, deployment.uv_cache)
-    other.database.parent.mkdir(parents=True)
-    shutil.copy(deployment.database, other.database)
-    yield other
-    other.stop()
-
-
-class Orchestrator:
-    """The real CLI run with an orchestrator config (servers reached through `sshd`)."""
-
-    def __init__(self, root: Path, sshd: sshd_server.SshServer, configs: list[Path]) -> None:
-        self.root = root
-        self.sshd = sshd
-        self.config_file = root / "servers.yml"
-        self.write(configs)
-
-    def write(self, configs: list[Path], known_hosts: Path | None = None, **server_overrides) -> None:
-        servers = [{"name": f"app{i + 1}", "ssh": f"{self.sshd.user}@127.0.0.1", "port": self.sshd.port,
-                    "roles": ["app", "migrations"] if i == 0 else ["app"], "config": str(config)}
-                   for i, config in enumerate(configs)]
-        for name, changes in server_overrides.items():
-            next(s for s in servers if s["name"] == name).update(changes)
-        self.config_file.write_text(yaml.safe_dump({
-            "servers": servers,
-            "deployer": REMOTE_DEPLOYER,
-            "ssh": {"known_hosts": str(known_hosts or self.sshd.known_hosts),
-                    "identity": str(self.sshd.client_key), "connect_timeout": 5},
-        }, sort_keys=False))
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "DEPLOYER_DEBUG", "SSH_AUTH_SOCK")}
-        return subprocess.run([sys.executable, "-m", "deployer", "--config", str(self.config_file), *args],
-                              capture_output=True, text=True, timeout=600, env=env)
-
-
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    """The failure's one `deployer: error:` line, last on stderr (step lines may come before it)."""
-    lines = result.stderr.splitlines()
-    assert lines and lines[-1].startswith("deployer: error: "), result.stderr
-    assert sum(line.startswith("deployer: error: ") for line in lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[-1]
-
-
-@pytest.fixture
-def orchestrator(tmp_path, sshd, deployment, second):
-    return Orchestrator(tmp_path, sshd, [deployment.config_file, second.config_file])
+from fleet_setup import REMOTE_DEPLOYER, lock_of as _lock_of, one_error_line as _one_error_line, orchestrator, second, sshd  # noqa: F401 (fixtures)
 
 
 def test_status_across_two_servers_has_a_row_each_and_says_when_they_agree(orchestrator, deployment, second):
@@ -171,10 +112,6 @@ def test_an_unreachable_server_is_exit_1_and_named(orchestrator, deployment, sec
     assert "app2: cannot reach 127.0.0.1" in _one_error_line(result)
     data = json.loads(result.stdout)
     assert data["agree"] is False and data["servers"][1]["error"]
-
-
-def _lock_of(d) -> dict | None:
-    return json.loads(d.ok("status", "--json").stdout)["lock"]
 
 
 def test_release_builds_the_same_release_on_every_server_and_changes_nothing_live(orchestrator, deployment, second):
