@@ -116,18 +116,31 @@ async def _resolve(fleet: FleetConfig, connections: list[Connection], sha_or_pre
 
 
 async def _rollback_target(connections: list[Connection], to: str | None) -> str:
-    """A target that was live on every server: each server's own choice, which must agree."""
+    """A target that was live on every server. Servers on one release: each one's own choice
+    (from its history), which must agree. Servers left mixed (an orchestrator killed between
+    commits): the release some are still on and the others would roll back to."""
     command = ["rollback"] + (["--to", to] if to else [])
-    plans = await asyncio.gather(*(_plan(c, command) for c in connections))
-    for connection, plan in zip(connections, plans):
+    plans = dict(zip((c.server.name for c in connections),
+                     await asyncio.gather(*(_plan(c, command) for c in connections))))
+    targets = {name: None if plan.get("refused") else plan.get("sha") for name, plan in plans.items()}
+    if None not in targets.values() and len(set(targets.values())) == 1:
+        return next(iter(targets.values()))
+    currents = dict(zip(plans, await asyncio.gather(*(_current_of(c) for c in connections))))
+    behind = [sha for sha in set(currents.values())
+              if sha and all(currents[name] == sha or targets[name] == sha for name in targets)]
+    if len(set(currents.values())) > 1 and len(behind) == 1:
+        return behind[0]
+    for name, plan in plans.items():
         if plan.get("refused"):
-            raise OperationFailed(f"{connection.server.name}: {plan['refused']}", hint="nothing was changed on any server")
-    targets = {connection.server.name: plan.get("sha") for connection, plan in zip(connections, plans)}
-    if len(set(targets.values())) != 1:
-        which = ", ".join(f"{name} → {(sha or '(none)')[:12]}" for name, sha in targets.items())
-        raise OperationFailed(f"servers disagree on what to roll back to: {which}",
-                              hint="nothing was changed; name the release with `deployer rollback --to SHA`")
-    return next(iter(targets.values()))
+            raise OperationFailed(f"{name}: {plan['refused']}", hint="nothing was changed on any server")
+    which = ", ".join(f"{name} on {(currents[name] or '(none)')[:12]} → {(sha or '(none)')[:12]}"
+                      for name, sha in targets.items())
+    raise OperationFailed(f"servers disagree on what to roll back to: {which}",
+                          hint="nothing was changed; name the release with `deployer rollback --to SHA`")
+
+
+async def _current_of(connection: Connection) -> str | None:
+    return (await _status_of(connection)).get("current")
 
 
 async def _plan(connection: Connection, command: list[str]) -> dict:

@@ -28,6 +28,7 @@ def sshd(tmp_path_factory):
 def second(deployment, tmp_path):
     """A second deploy root beside `deployment` (a second "server"), sharing its database as
     app servers share one PostgreSQL server: migrations run once, from app1."""
+    (tmp_path / "app2").mkdir()
     other = type(deployment)(tmp_path / "app2", deployment.source, deployment.python, deployment.uv_cache,
                             strategy=deployment.strategy)
     with other.env_file.open("a") as env:

@@ -121,14 +121,15 @@ def test_rollback_refuses_when_servers_disagree_unless_told_where_to(orchestrato
     deployment.ok("deploy", "base")
     second.ok("deploy", "base")
     deployment.ok("deploy", "third")
-    second.ok("deploy", "second")  # app1: base → third, app2: base → second
+    second.ok("deploy", "second")
+    second.ok("deploy", "third")  # both on third; app1 came from base, app2 from second
     base = deployment.source.sha("base")
 
     refused = orchestrator.run("rollback")
     assert refused.returncode == 1
     line = one_error_line(refused)
     assert "servers disagree on what to roll back to" in line and "--to" in line
-    assert deployment.current == deployment.source.sha("third") and second.current == deployment.source.sha("second")
+    assert deployment.current == second.current == deployment.source.sha("third")
 
     result = orchestrator.run("rollback", "--to", base[:10])
     assert result.returncode == 0, result.stderr
@@ -208,3 +209,14 @@ def test_an_orchestrator_killed_at_random_points_leaves_a_truthful_status_and_th
         again = orchestrator.run("deploy", "base")  # the next command brings all to one release
         assert again.returncode == 0, again.stderr
         _both_on(deployment, second, base)
+
+
+def test_rollback_of_servers_left_mixed_brings_them_back_to_the_release_they_shared(orchestrator, deployment, second):
+    deployment.ok("deploy", "base")
+    second.ok("deploy", "base")
+    deployment.ok("deploy", "second")  # as an orchestrator killed after app1's commit leaves them
+    base = deployment.source.sha("base")
+    result = orchestrator.run("rollback")
+    assert result.returncode == 0, result.stderr
+    _both_on(deployment, second, base)
+    assert "[app2] release " in result.stderr and "is already live; nothing to do" in result.stderr
