@@ -48,8 +48,8 @@ class Session:
         path = config_path(self.config_file)
         if is_fleet_file(path):
             command = click.get_current_context().info_name
-            raise BadInput(f"{path} lists servers: `deployer {command}` across servers is not built yet (docs/design.md §13)",
-                           hint="run it on each server with its own releases.yml; `status` and `check` work across servers")
+            raise BadInput(f"{path} lists servers: `deployer {command}` runs on one server, not across servers",
+                           hint="run it on that server with its own releases.yml (docs/design.md §13)")
         config = load_config(path)
         return config, Paths(config.deploy_to)
 

@@ -142,6 +142,16 @@ class Connection:
             raise OperationFailed(f"{self.server.name}: cannot start {shlex.join(argv[:4])}: {_why(exc)}") from exc
         return Process(raw)
 
+    async def run_streaming(self, argv: list[str], show: Callable[[str], Any]) -> Result:
+        """Run a command, handing its stderr lines to `show` as they come (live progress)."""
+        proc = await self.start(argv)
+        lines: list[str] = []
+        pump = asyncio.ensure_future(proc.pump_stderr(lambda line: (lines.append(line), show(line))))
+        out = await proc.read("stdout")
+        status = await proc.wait()
+        await pump
+        return Result(argv, status, out, "\n".join(lines))
+
     async def hold_lock(self, token: str) -> "HeldLock":
         """Take this server's deploy lock for the orchestrator: a remote `hold-lock` process that
         keeps it while we keep writing to it, so the lock goes when this connection goes."""
@@ -173,6 +183,11 @@ class Process:
             return _text(await getattr(self._raw, stream).readline())
         except (asyncssh.Error, OSError):
             return ""
+
+    async def pump_stderr(self, show: Callable[[str], Any]) -> None:
+        """Hand each stderr line (without its newline) to `show` as it comes, until its end."""
+        while line := await self.readline("stderr"):
+            show(line.rstrip("\n"))
 
     async def read(self, stream: str) -> str:
         try:

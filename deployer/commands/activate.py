@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from deployer import envfile, history, hooks, releases, schema, service, signals, smoke, standby, switch
 from deployer.config import Config
 from deployer.gate import Gate, Overruled
-from deployer.errors import BadInput, DeployError, OperationFailed
+from deployer.errors import DeployError, OperationFailed
 from deployer.paths import Paths, current_sha
 from deployer.steps import Progress, say
 

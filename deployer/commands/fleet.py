@@ -137,21 +137,21 @@ async def build_everywhere(fleet: FleetConfig, connections: list[Connection], re
     return sha
 
 
-def _say(name: str, text: str) -> None:
+def say_as(name: str, text: str) -> None:
     """A server's step lines, each prefixed by its name (readable when servers run in parallel)."""
-    for line in text.rstrip().splitlines():
-        print(f"[{name}] {line}", file=sys.stderr, flush=True)
+    for line in text.rstrip().splitlines() or [""]:
+        print(f"[{name}] {line}" if line else "", file=sys.stderr, flush=True)
 
 
 async def _release_on(connection: Connection, ref: str, token: str, gate: asyncio.Semaphore) -> Outcome:
     async with gate:
         try:
-            result = await connection.run(release_argv(connection.server, ref, token))
+            result = await connection.run_streaming(release_argv(connection.server, ref, token),
+                                                    lambda line: say_as(connection.server.name, line))
         except DeployError as exc:
             return Outcome(connection.server, error=exc)
     if not result.ok:  # its last step lines come with the error, as `    | ` lines
         return Outcome(connection.server, error=remote_failure(connection.server, result))
-    _say(connection.server.name, result.stderr)
     lines = result.stdout.strip().splitlines()
     return Outcome(connection.server, value=lines[-1] if lines else None)
 
@@ -270,7 +270,7 @@ def prune(fleet: FleetConfig, keep: int | None, dry_run: bool) -> None:
         async with locked(fleet) as (connections, token):
             async def one(connection: Connection) -> Outcome:
                 result = await connection.run(prune_argv(connection.server, keep, dry_run, token))
-                _say(connection.server.name, result.stdout + result.stderr)
+                say_as(connection.server.name, result.stdout + result.stderr)
                 if not result.ok:
                     return Outcome(connection.server, error=remote_failure(connection.server, result))
                 return Outcome(connection.server, value=True)

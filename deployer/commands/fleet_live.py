@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from secrets import token_hex
 from typing import Callable
 
-from deployer.commands.fleet import build_everywhere, same_release
+from deployer.commands.fleet import build_everywhere, same_release, say_as
 from deployer.errors import BadInput, DeployError, OperationFailed
 from deployer.fleet import FleetConfig, Server
 from deployer.gate import EVENT
@@ -70,7 +69,7 @@ def deploy(fleet: FleetConfig, ref: str) -> str:
     async def run() -> str:
         async with locked(fleet) as (connections, token):
             sha = await build_everywhere(fleet, connections, ref, token)
-            _say("all", "")
+            say_as("all", "")
             await switch_everywhere(fleet, connections, token, lambda server: activate_argv(server, sha))
             return sha
     return _finish(fleet, asyncio.run(run()))
@@ -98,7 +97,7 @@ def rollback(fleet: FleetConfig, to: str | None, migrate: bool, force: bool) -> 
 
 
 def _finish(fleet: FleetConfig, sha: str) -> str:
-    _say("all", f"{sha[:12]} is live on {len(fleet.servers)} server(s)")
+    say_as("all", f"{sha[:12]} is live on {len(fleet.servers)} server(s)")
     print(sha)
     return sha
 
@@ -167,11 +166,11 @@ async def _where_now(connections: list[Connection]) -> None:
             *(_status_of(c) for c in connections), return_exceptions=True)):
         if isinstance(answer, BaseException):
             currents.add(None)
-            _say(connection.server.name, f"now: UNKNOWN ({getattr(answer, 'message', answer)})")
+            say_as(connection.server.name, f"now: UNKNOWN ({getattr(answer, 'message', answer)})")
         else:
             currents.add(answer.get("current"))
-            _say(connection.server.name, f"now on {(answer.get('current') or '(none)')[:12]}")
-    _say("all", "servers agree" if len(currents) == 1 and None not in currents else
+            say_as(connection.server.name, f"now on {(answer.get('current') or '(none)')[:12]}")
+    say_as("all", "servers agree" if len(currents) == 1 and None not in currents else
          "SERVERS DISAGREE: run `deployer status`; the next deploy, activate or rollback brings them to one release")
 
 
@@ -181,7 +180,7 @@ async def _status_of(connection: Connection) -> dict:
 
 async def _switch(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf) -> None:
     deploy_id = new_deploy_id()
-    _say("all", f"deploy id {deploy_id}")
+    say_as("all", f"deploy id {deploy_id}")
     first = next(c for c in connections if c.server.name == fleet.migrations_server.name)
     others = [c for c in connections if c is not first]
 
@@ -214,18 +213,8 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
 
 async def _start(connection: Connection, argv: list[str], owns_schema: bool) -> Run:
     run = Run(connection, await connection.start(argv), argv, owns_schema)
-    run.pump = asyncio.ensure_future(_pump_stderr(run))
+    run.pump = asyncio.ensure_future(run.proc.pump_stderr(lambda line: (run.lines.append(line), say_as(run.name, line))))
     return run
-
-
-async def _pump_stderr(run: Run) -> None:
-    """The server's step lines, shown live with its name in front."""
-    while True:
-        line = await run.proc.readline("stderr")
-        if not line:
-            return
-        run.lines.append(line.rstrip("\n"))
-        _say(run.name, line)
 
 
 async def _advance(run: Run, wanted: str) -> str:
@@ -298,9 +287,3 @@ def _failure_of(run: Run, hint: str) -> DeployError:
     error = run.error or OperationFailed(f"{run.name}: stopped without saying why")
     error.hint = hint
     return error
-
-
-def _say(name: str, text: str) -> None:
-    for line in (text.rstrip().splitlines() or [""]):
-        print(f"[{name}] {line}" if line else "", file=sys.stderr, flush=True)
-

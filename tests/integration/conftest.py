@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import postgres_server
+from fleet_setup import orchestrator, second, sshd  # noqa: F401 (fixtures of the orchestrator tests)
 import pytest
 import yaml
 

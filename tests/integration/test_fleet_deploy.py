@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from fleet_setup import lock_of, one_error_line, orchestrator, second, sshd  # noqa: F401 (fixtures)
+from fleet_setup import lock_of, one_error_line
 
 
 def _both_on(deployment, second, sha: str) -> None:

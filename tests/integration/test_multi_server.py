@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 import sshd_server
-import yaml
 
-from fleet_setup import REMOTE_DEPLOYER, lock_of as _lock_of, one_error_line as _one_error_line, orchestrator, second, sshd  # noqa: F401 (fixtures)
+from fleet_setup import REMOTE_DEPLOYER, lock_of as _lock_of, one_error_line as _one_error_line
 
 
 def test_status_across_two_servers_has_a_row_each_and_says_when_they_agree(orchestrator, deployment, second):

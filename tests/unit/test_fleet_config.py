@@ -101,13 +101,14 @@ def test_a_server_named_twice_is_refused(tmp_path):
     assert "names 'app1' twice" in _refused(_write(tmp_path, servers=servers))
 
 
-def test_commands_not_built_across_servers_say_so_with_exit_2(tmp_path):
+def test_a_command_that_runs_on_one_server_refuses_an_orchestrator_config_with_exit_2(tmp_path):
     path = _write(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "deployer", "--config", str(path), "deploy", "main"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith("deployer: error: ") and "across servers is not built yet" in result.stderr
+    for argv in (["expire-standby"], ["release", "main", "--rebuild"], ["deploy", "main", "--wait", "5"]):
+        result = subprocess.run([sys.executable, "-m", "deployer", "--config", str(path), *argv],
+                                capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1
+        assert result.stderr.startswith("deployer: error: ")
 
 
 def test_a_bad_orchestrator_config_is_one_line_and_exit_2(tmp_path):
