@@ -54,6 +54,17 @@ def hold_lock_argv(server: Server, token: str) -> list[str]:
     return deployer_argv(server, "hold-lock", "--token", token)
 
 
+def command_of(argv: list[str]) -> str:
+    """What a deployer argv does, for messages: its command and first argument, never the token."""
+    words, skip = [], False
+    for word in argv[1:]:
+        if skip or word in ("--held-lock", "--config"):
+            skip = not skip
+            continue
+        words.append(word)
+    return shlex.join(words[:2])
+
+
 def under_lock(argv: list[str], token: str) -> list[str]:
     """A deployer argv that runs under the lock the orchestrator holds with `token`."""
     return [argv[0], "--held-lock", token, *argv[1:]]
@@ -115,9 +126,9 @@ class Connection:
             status = done.exit_status if done.exit_status is not None else 255
             return Result(argv, status, _text(done.stdout), _text(done.stderr))
         except asyncssh.TimeoutError as exc:
-            raise OperationFailed(f"{self.server.name}: {shlex.join(argv[:4])} timed out after {timeout:.0f}s") from exc
+            raise OperationFailed(f"{self.server.name}: `deployer {command_of(argv)}` timed out after {timeout:.0f}s") from exc
         except (asyncssh.Error, OSError) as exc:
-            raise OperationFailed(f"{self.server.name}: connection lost while running {shlex.join(argv[:4])}: {_why(exc)}") from exc
+            raise OperationFailed(f"{self.server.name}: connection lost while running `deployer {command_of(argv)}`: {_why(exc)}") from exc
 
     async def deployer_json(self, argv: list[str]) -> Any:
         """Run a `deployer … --json` command and return its answer; a failure names the server."""
@@ -127,7 +138,7 @@ class Connection:
         try:
             return json.loads(result.stdout)
         except ValueError:
-            raise OperationFailed(f"{self.server.name}: {shlex.join(argv[3:])} did not answer JSON",
+            raise OperationFailed(f"{self.server.name}: `deployer {command_of(argv)}` did not answer JSON",
                                   details=tail(result.stdout + result.stderr)) from None
 
     async def start(self, argv: list[str]) -> "Process":
@@ -139,7 +150,7 @@ class Connection:
             else:
                 raw = await self._ssh.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
         except (asyncssh.Error, OSError) as exc:
-            raise OperationFailed(f"{self.server.name}: cannot start {shlex.join(argv[:4])}: {_why(exc)}") from exc
+            raise OperationFailed(f"{self.server.name}: cannot start `deployer {command_of(argv)}`: {_why(exc)}") from exc
         return Process(raw)
 
     async def run_streaming(self, argv: list[str], show: Callable[[str], Any]) -> Result:
@@ -276,6 +287,9 @@ def _why(exc: BaseException) -> str:
 def remote_failure(server: Server, result: Result) -> DeployError:
     """A failed `deployer` on a server, as the same kind of error (its exit code) naming the server."""
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    if result.exit_status == 255 and not any(line.startswith("deployer: error:") for line in lines):
+        return OperationFailed(f"{server.name}: the connection was lost while it ran `deployer {command_of(result.argv)}`",
+                               details="\n".join(f"[{server.name}] {line}" for line in lines[-8:]))
     last = lines.pop() if lines else ""
     message = last.removeprefix("deployer: error: ") if last else f"exited with status {result.exit_status}"
     message, _, hint = message.partition(" — ")  # how _report joins a message and its hint

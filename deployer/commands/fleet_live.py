@@ -247,11 +247,7 @@ async def _ended(run: Run) -> str:
         run.state = "done"
         return run.state
     run.state = "ended"
-    stderr = "\n".join(run.lines)
-    if status == 255 and "deployer: error:" not in stderr:
-        run.error = OperationFailed(f"{run.name}: the connection was lost while it ran {' '.join(run.argv[4:6])}")
-    else:
-        run.error = remote_failure(run.connection.server, Result(run.argv, status, "", stderr))
+    run.error = remote_failure(run.connection.server, Result(run.argv, status, "", "\n".join(run.lines)))
     return run.state
 
 
