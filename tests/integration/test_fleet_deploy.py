@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import sshd_server
 
 from fleet_setup import lock_of, one_error_line
 
@@ -220,3 +223,94 @@ def test_rollback_of_servers_left_mixed_brings_them_back_to_the_release_they_sha
     assert result.returncode == 0, result.stderr
     _both_on(deployment, second, base)
     assert "[app2] release " in result.stderr and "is already live; nothing to do" in result.stderr
+
+
+@pytest.fixture
+def app2_behind_its_own_sshd(orchestrator, deployment, second, tmp_path):
+    """app2 reached through an sshd of its own, so that the test can cut it off: SIGSTOP of that
+    sshd and its sessions is a network gone silent (connections stay open, nothing answers)."""
+    own = sshd_server.start(tmp_path / "sshd-app2")
+    both = tmp_path / "known_hosts"
+    both.write_text(orchestrator.sshd.known_hosts.read_text() + own.known_hosts.read_text())
+    authorized = own.root / "authorized_keys"
+    authorized.write_text(Path(f"{orchestrator.sshd.client_key}.pub").read_text())
+    orchestrator.write([deployment.config_file, second.config_file], known_hosts=both, app2={"port": own.port})
+    yield own
+    _signal_tree(own.process.pid, signal.SIGCONT)
+    own.stop()
+
+
+def _signal_tree(pid: int, signum: int) -> None:
+    """The sshd and every session process under it (the deployer commands it runs keep going)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in out.splitlines():
+        child, parent, comm = line.split(None, 2)
+        children.setdefault(int(parent), []).append((int(child), comm.strip()))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        os.kill(current, signum)
+        todo.extend(child for child, comm in children.get(current, []) if comm.startswith("sshd"))
+
+
+def _start_orchestrator(orchestrator, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "SSH_AUTH_SOCK")}
+    return subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _read_until(proc: subprocess.Popen, marker: str, seen: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError("the orchestrator ended before: " + "".join(seen))
+        seen.append(line)
+        if marker in line:
+            return
+    raise AssertionError(f"no {marker!r} within {timeout}s: " + "".join(seen))
+
+
+def test_a_server_lost_during_the_build_changes_nothing_anywhere(
+        orchestrator, deployment, second, app2_behind_its_own_sshd, wait_until):
+    deployment.ok("deploy", "base")
+    second.ok("deploy", "base")
+    base = deployment.source.sha("base")
+    running = _start_orchestrator(orchestrator, "deploy", "second")
+    seen: list[str] = []
+    _read_until(running, "[app2] [4/8] create venv", seen)
+    _signal_tree(app2_behind_its_own_sshd.process.pid, signal.SIGSTOP)
+    _, rest = running.communicate(timeout=120)
+    assert running.returncode == 1, "".join(seen) + rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("deployer: error: app2: the connection was lost"), rest
+    assert last.endswith("nothing live was changed on any server")
+    assert deployment.current == base and deployment.healthz()["release"] == base
+    # app2, cut off, let its lock go when the heartbeat stopped, and its build unwound.
+    wait_until(lambda: lock_of(second) is None, timeout=60)
+    assert second.current == base and second.healthz()["release"] == base
+
+
+def test_a_server_lost_during_the_switch_puts_every_reachable_server_back_and_is_brought_in_line_later(
+        orchestrator, deployment, second, app2_behind_its_own_sshd, wait_until):
+    deployment.ok("deploy", "base")
+    second.ok("deploy", "base")
+    base, sha = deployment.source.sha("base"), deployment.source.sha("second")
+    running = _start_orchestrator(orchestrator, "deploy", "second")
+    seen: list[str] = []
+    _read_until(running, "[app2] [4/7] smoke test green socket", seen)
+    _signal_tree(app2_behind_its_own_sshd.process.pid, signal.SIGSTOP)
+    _, rest = running.communicate(timeout=120)
+    assert running.returncode == 1, "".join(seen) + rest
+    assert rest.strip().splitlines()[-1].startswith("deployer: error: app2: the connection was lost"), rest
+    assert deployment.current == base and deployment.healthz()["release"] == base
+    assert deployment.history()[-1]["result"] == "failed-smoke"
+    # app2 put itself back on its own once the orchestrator's heartbeat stopped reaching it.
+    wait_until(lambda: lock_of(second) is None, timeout=60)
+    assert second.current == base and second.healthz()["release"] == base
+
+    _signal_tree(app2_behind_its_own_sshd.process.pid, signal.SIGCONT)  # the network is back
+    again = orchestrator.run("deploy", "second")
+    assert again.returncode == 0, again.stderr
+    _both_on(deployment, second, sha)
