@@ -30,6 +30,7 @@ from deployer.commands import rollback as rollback_cmd
 from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
+from deployer.argv import rollback_argv_tail
 from deployer.fleet import FleetConfig, is_fleet_file, load_fleet
 from deployer.gate import Gate
 from deployer.lock import deploy_lock, held_lock
@@ -351,8 +352,7 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
     """Make the previously live release live again (from history)."""
     if migrate and force:
         raise BadInput("--migrate and --force exclude each other", hint="pass one of them")
-    flags = (["--to", to] if to else []) + (["--migrate"] if migrate else []) + (["--force"] if force else [])
-    fleet = _across_servers(session, plan, as_json, wait, ["rollback", *flags])
+    fleet = _across_servers(session, plan, as_json, wait, rollback_argv_tail(to, migrate, force))
     if fleet is not None:
         if not plan:
             _fleet_live().rollback(fleet, to, migrate, force)

@@ -1,8 +1,8 @@
 """The orchestrator's executor (docs/design.md §13): every command it runs on a server goes
 through here, over SSH with asyncssh or, for `ssh: local`, as a local child process.
 
-Commands are argv lists built by the plain functions at the top (one per `deployer` command a
-server is asked to run). Nothing runs through a local shell; over SSH the argv is quoted with
+Commands are argv lists built by the plain functions of deployer/argv.py (one per `deployer`
+command a server is asked to run). Nothing runs through a local shell; over SSH the argv is quoted with
 shlex.join, which is how any SSH client hands a command to the server's login shell.
 """
 
@@ -20,81 +20,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import asyncssh
 
 from deployer import __version__
+from deployer.argv import command_of, hold_lock_argv, version_argv
 from deployer.errors import BadInput, DeployError, LockHeld, OperationFailed, one_line, shown
 from deployer.fleet import FleetConfig, Server
 from deployer.proc import tail
 
 COMMAND_TIMEOUT = 3600.0
 _VERSION = re.compile(r"deployer, version (\S+)")
-
-
-# -- argv builders: what a server is asked to run -------------------------------------------------
-
-def deployer_argv(server: Server, *args: str) -> list[str]:
-    return [server.deployer, "--config", server.config, *args]
-
-
-def version_argv(server: Server) -> list[str]:
-    return [server.deployer, "--version"]
-
-
-def status_argv(server: Server) -> list[str]:
-    return deployer_argv(server, "status", "--json")
-
-
-def check_argv(server: Server) -> list[str]:
-    return deployer_argv(server, "check")
-
-
-def list_argv(server: Server) -> list[str]:
-    return deployer_argv(server, "list", "--json")
-
-
-def hold_lock_argv(server: Server, token: str) -> list[str]:
-    return deployer_argv(server, "hold-lock", "--token", token)
-
-
-def command_of(argv: list[str]) -> str:
-    """What a deployer argv does, for messages: its command and first argument, never the token."""
-    words, skip = [], False
-    for word in argv[1:]:
-        if skip or word in ("--held-lock", "--config"):
-            skip = not skip
-            continue
-        words.append(word)
-    return shlex.join(words[:2])
-
-
-def under_lock(argv: list[str], token: str) -> list[str]:
-    """A deployer argv that runs under the lock the orchestrator holds with `token`."""
-    return [argv[0], "--held-lock", token, *argv[1:]]
-
-
-def release_argv(server: Server, ref: str, token: str) -> list[str]:
-    return under_lock(deployer_argv(server, "release", ref), token)
-
-
-def orchestrated(argv: list[str], token: str, deploy_id: str, owns_schema: bool) -> list[str]:
-    """An activate/rollback argv that stops at the orchestrator's barrier (deployer/gate.py)."""
-    return under_lock(argv + ["--orchestrated", deploy_id] + ([] if owns_schema else ["--schema-elsewhere"]), token)
-
-
-def activate_argv(server: Server, sha: str) -> list[str]:
-    return deployer_argv(server, "activate", sha)
-
-
-def rollback_argv(server: Server, to: str, migrate: bool, force: bool) -> list[str]:
-    return deployer_argv(server, "rollback", "--to", to, *(["--migrate"] if migrate else []),
-                         *(["--force"] if force else []))
-
-
-def plan_argv(server: Server, command: list[str]) -> list[str]:
-    return deployer_argv(server, *command, "--plan", "--json")
-
-
-def prune_argv(server: Server, keep: int | None, dry_run: bool, token: str) -> list[str]:
-    return under_lock(deployer_argv(server, "prune", *(["--keep", str(keep)] if keep is not None else []),
-                                    *(["--dry-run"] if dry_run else [])), token)
 
 
 # -- running them --------------------------------------------------------------------------------

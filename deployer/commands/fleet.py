@@ -10,13 +10,11 @@ import asyncio
 import json
 import sys
 
+from deployer.argv import check_argv, list_argv, plan_argv, prune_argv, release_argv, status_argv
 from deployer.errors import DeployError, OperationFailed
 from deployer.fleet import FleetConfig
+from deployer.remote import Connection, Outcome, locked, on_each, remote_failure, worst
 from deployer.steps import DOTS_TO
-from deployer.remote import (
-    Connection, Outcome, check_argv, list_argv, locked, on_each, plan_argv, prune_argv, release_argv, remote_failure,
-    status_argv, worst,
-)
 
 
 def collect_status(fleet: FleetConfig) -> dict:

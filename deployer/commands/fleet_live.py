@@ -26,14 +26,14 @@ from datetime import datetime, timezone
 from secrets import token_hex
 from typing import Callable
 
+from deployer.argv import (
+    activate_argv, list_argv, orchestrated, plan_argv, rollback_argv, rollback_argv_tail, status_argv,
+)
 from deployer.commands.fleet import build_everywhere, same_release, say_as
 from deployer.errors import BadInput, DeployError, OperationFailed
 from deployer.fleet import FleetConfig, Server
 from deployer.gate import EVENT
-from deployer.remote import (
-    Connection, Process, Result, activate_argv, list_argv, locked, orchestrated, plan_argv, remote_failure,
-    rollback_argv, status_argv,
-)
+from deployer.remote import Connection, Process, Result, locked, remote_failure
 
 ArgvOf = Callable[[Server], list[str]]
 PAST_BARRIERS = ("already-live", "ended", "done")
@@ -88,7 +88,7 @@ def activate(fleet: FleetConfig, sha_or_prefix: str) -> str:
 def rollback(fleet: FleetConfig, to: str | None, migrate: bool, force: bool) -> str:
     async def run() -> str:
         async with locked(fleet) as (connections, token):
-            target = await _rollback_target(connections, to)
+            target = await _rollback_target(connections, to, migrate, force)
             await same_release(connections, target)
             await switch_everywhere(fleet, connections, token,
                                     lambda server: rollback_argv(server, target, migrate, force))
@@ -114,11 +114,11 @@ async def _resolve(fleet: FleetConfig, connections: list[Connection], sha_or_pre
     return found[0]
 
 
-async def _rollback_target(connections: list[Connection], to: str | None) -> str:
+async def _rollback_target(connections: list[Connection], to: str | None, migrate: bool, force: bool) -> str:
     """A target that was live on every server. Servers on one release: each one's own choice
     (from its history), which must agree. Servers left mixed (an orchestrator killed between
     commits): the release some are still on and the others would roll back to."""
-    command = ["rollback"] + (["--to", to] if to else [])
+    command = rollback_argv_tail(to, migrate, force)
     plans = dict(zip((c.server.name for c in connections),
                      await asyncio.gather(*(_plan(c, command) for c in connections))))
     targets = {name: None if plan.get("refused") else plan.get("sha") for name, plan in plans.items()}

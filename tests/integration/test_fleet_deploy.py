@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import sshd_server
 
-from fleet_setup import lock_of, one_error_line
+from fleet_setup import Orchestrator, lock_of, one_error_line
 
 
 def _both_on(deployment, second, sha: str) -> None:
@@ -314,3 +314,28 @@ def test_a_server_lost_during_the_switch_puts_every_reachable_server_back_and_is
     again = orchestrator.run("deploy", "second")
     assert again.returncode == 0, again.stderr
     _both_on(deployment, second, sha)
+
+
+def test_two_servers_on_one_postgresql_migrate_once_and_roll_back_together(
+        pg_deployment, postgres, tmp_path, sshd):
+    app1 = pg_deployment
+    (tmp_path / "app2").mkdir()
+    app2 = type(app1)(tmp_path / "app2", app1.source, app1.python, app1.uv_cache)
+    app2.use_database_url(postgres.url(app1.pg_database))
+    try:
+        orchestrator = Orchestrator(tmp_path, sshd, [app1.config_file, app2.config_file])
+        assert orchestrator.run("deploy", "base").returncode == 0
+        result = orchestrator.run("deploy", "migration")
+        assert result.returncode == 0, result.stderr
+        sha = app1.source.sha("migration")
+        _both_on(app1, app2, sha)
+        assert list((app1.deploy_to / "state" / "backups").glob("*.dump"))  # pg_dump, on app1 only
+        assert not (app2.deploy_to / "state" / "backups").exists() or not list(
+            (app2.deploy_to / "state" / "backups").iterdir())
+
+        back = orchestrator.run("rollback", "--migrate")
+        assert back.returncode == 0, back.stderr
+        _both_on(app1, app2, app1.source.sha("base"))
+        assert "unapply" in "".join(line for line in back.stderr.splitlines() if line.startswith("[app1]"))
+    finally:
+        app2.stop()

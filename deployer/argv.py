@@ -1,0 +1,78 @@
+"""What the orchestrator asks a server to run (docs/design.md §13): plain functions that only
+build argv lists, one per `deployer` command; deployer/remote.py runs them, locally or over SSH.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from deployer.fleet import Server
+
+def deployer_argv(server: Server, *args: str) -> list[str]:
+    return [server.deployer, "--config", server.config, *args]
+
+
+def version_argv(server: Server) -> list[str]:
+    return [server.deployer, "--version"]
+
+
+def status_argv(server: Server) -> list[str]:
+    return deployer_argv(server, "status", "--json")
+
+
+def check_argv(server: Server) -> list[str]:
+    return deployer_argv(server, "check")
+
+
+def list_argv(server: Server) -> list[str]:
+    return deployer_argv(server, "list", "--json")
+
+
+def hold_lock_argv(server: Server, token: str) -> list[str]:
+    return deployer_argv(server, "hold-lock", "--token", token)
+
+
+def command_of(argv: list[str]) -> str:
+    """What a deployer argv does, for messages: its command and first argument, never the token."""
+    words, skip = [], False
+    for word in argv[1:]:
+        if skip or word in ("--held-lock", "--config"):
+            skip = not skip
+            continue
+        words.append(word)
+    return shlex.join(words[:2])
+
+
+def under_lock(argv: list[str], token: str) -> list[str]:
+    """A deployer argv that runs under the lock the orchestrator holds with `token`."""
+    return [argv[0], "--held-lock", token, *argv[1:]]
+
+
+def release_argv(server: Server, ref: str, token: str) -> list[str]:
+    return under_lock(deployer_argv(server, "release", ref), token)
+
+
+def orchestrated(argv: list[str], token: str, deploy_id: str, owns_schema: bool) -> list[str]:
+    """An activate/rollback argv that stops at the orchestrator's barrier (deployer/gate.py)."""
+    return under_lock(argv + ["--orchestrated", deploy_id] + ([] if owns_schema else ["--schema-elsewhere"]), token)
+
+
+def activate_argv(server: Server, sha: str) -> list[str]:
+    return deployer_argv(server, "activate", sha)
+
+
+def rollback_argv_tail(to: str | None, migrate: bool, force: bool) -> list[str]:
+    return ["rollback", *(["--to", to] if to else []), *(["--migrate"] if migrate else []), *(["--force"] if force else [])]
+
+
+def rollback_argv(server: Server, to: str, migrate: bool, force: bool) -> list[str]:
+    return deployer_argv(server, *rollback_argv_tail(to, migrate, force))
+
+
+def plan_argv(server: Server, command: list[str]) -> list[str]:
+    return deployer_argv(server, *command, "--plan", "--json")
+
+
+def prune_argv(server: Server, keep: int | None, dry_run: bool, token: str) -> list[str]:
+    return under_lock(deployer_argv(server, "prune", *(["--keep", str(keep)] if keep is not None else []),
+                                    *(["--dry-run"] if dry_run else [])), token)
