@@ -339,3 +339,17 @@ def test_two_servers_on_one_postgresql_migrate_once_and_roll_back_together(
         assert "unapply" in "".join(line for line in back.stderr.splitlines() if line.startswith("[app1]"))
     finally:
         app2.stop()
+
+
+def test_bad_input_across_servers_is_one_line_exit_2_and_changes_nothing(orchestrator, deployment, second):
+    deployment.ok("deploy", "base")
+    second.ok("deploy", "base")
+    base = deployment.source.sha("base")
+    for argv in (["deploy", "no-such-branch"], ["activate", "0123abcd"], ["activate", "../../etc"],
+                 ["rollback", "--to", "not-hex"], ["deploy", "--", "-x"], ["prune", "--keep", "-1"],
+                 ["deploy", "base", "--wait", "3"], ["release", "base", "--rebuild"]):
+        result = orchestrator.run(*argv)
+        assert result.returncode == 2, (argv, result.stderr)
+        one_error_line(result)
+        _both_on(deployment, second, base)
+        assert lock_of(deployment) is None and lock_of(second) is None
