@@ -44,6 +44,7 @@ test-e2e: system-deps venv
 bench: venv
 	$(BIN)/python bench/deploy_bench.py
 	$(BIN)/python bench/activate_engines.py
+	$(BIN)/python bench/fleet_bench.py
 
 # Regenerate the pinned, hashed requirements from app/requirements.in (uv on PATH or in the venv).
 requirements:
