@@ -719,7 +719,7 @@ def main() -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "runs": args.runs, "command": command,
         "json_name": f"fleet-bench-{stamp}.json", "io_settled_avg10": db.settle_disk(),
         "load_start": db.loadavg(), "scratch": str(scratch),
-        "rsync_version": run(["rsync", "--version"]).stdout.splitlines()[0].split("  ")[0],
+        "rsync_version": " ".join(run(["rsync", "--version"]).stdout.split()[:3]),  # "rsync version 3.2.7"
     }
     fleet = None
     code = 0
