@@ -41,7 +41,7 @@ test-integration: venv
 test-e2e: system-deps venv
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
-bench: venv
+bench: system-deps venv
 	$(BIN)/python bench/deploy_bench.py
 	$(BIN)/python bench/activate_engines.py
 	$(BIN)/python bench/fleet_bench.py
