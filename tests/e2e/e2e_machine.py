@@ -66,6 +66,9 @@ RECIPE = {
         "systemd", "systemd-sysv", "dbus",
         "nginx", "sudo", "git", "curl", "python3", "python3-venv", "pipx",
         "ca-certificates", "openssl", "iproute2", "procps",
+        # The multi-server tier (test_e2e_fleet.py): app servers reached over SSH, one PostgreSQL
+        # server. Off at boot; that tier turns them on where they belong.
+        "openssh-server", "postgresql",
     ],
     # Run in the fresh rootfs (chroot) before it is cached.
     "post": [
@@ -75,6 +78,8 @@ RECIPE = {
         r"printf '127.0.0.1\tlocalhost\n127.0.1.1\tskinmenu-e2e\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts",
         # No getty on the (absent) console.
         "systemctl mask console-getty.service getty@tty1.service",
+        "systemctl disable ssh.service postgresql.service",
+        "rm -f /etc/ssh/ssh_host_*",  # every container makes its own host keys (ssh-keygen -A)
     ],
 }
 GUIDE_PACKAGES_NOT_IN_ROOTFS = {"certbot"}  # replaced by the test CA
@@ -310,6 +315,7 @@ class Container:
     process: subprocess.Popen | None = None
     mounted: bool = False
     boot_seconds: float = 0.0
+    network: tuple[str, ...] = ("--private-network",)  # or e.g. ("--network-zone=NAME",)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 120) -> None:
@@ -333,7 +339,7 @@ class Container:
             subprocess.run(["cp", "-a", "--reflink=auto", f"{self.rootfs}/.", str(self.root)], check=True)
         argv = [
             "systemd-nspawn", "--quiet", "--boot", f"--directory={self.root}", f"--machine={self.name}",
-            "--private-network", "--register=no", "--keep-unit", "--console=passive",
+            *self.network, "--register=no", "--keep-unit", "--console=passive",
             *[f"--bind-ro={host}:{inside}" for inside, host in self.binds.items()],
         ]
         self.console_log = self.workdir / "nspawn.log"
