@@ -394,3 +394,35 @@ def test_a_server_unreachable_during_the_switch_and_the_next_deploy_brings_it_in
     assert again.returncode == 0, again.output
     fleet.all_on(fleet.shas["third"])
     figure(f"fleet: after app2 came back, the next deploy put both on the new release in {again.seconds:.1f}s")
+
+
+# --- clean-up after a killed session (last: it needs no fleet, and cannot break the story) -------
+
+def test_a_killed_sessions_load_balancer_and_empty_network_zone_are_reaped(e2e_host, tmp_path):
+    """kill -9 of a test session runs no finalizer: the next session's reap_stale must end the
+    load balancer it left (an nginx in its own session) and remove the zone bridge it left."""
+    tls = m.make_test_ca(tmp_path / "tls")
+    script = (f"import json, os, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "import fleet_machines as f; "
+              f"lb = f.load_balancer(__import__('pathlib').Path({str(tls['ca'].parent)!r}), ['127.0.0.1']); "
+              "print(json.dumps({'dir': str(lb.directory), 'nginx': lb.process.pid}), flush=True); "
+              "os.kill(os.getpid(), 9)")
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    left = json.loads(killed.stdout)
+    directory, nginx = Path(left["dir"]), left["nginx"]
+    bridge = f"vz-{m.ZONE_PREFIX}reap{os.getpid() % 1000}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        assert directory.exists() and m._alive(nginx)  # what a killed session leaves
+        m.reap_stale()
+        deadline = time.monotonic() + 10
+        while m._alive(nginx) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not m._alive(nginx), "the killed session's load balancer still runs"
+        assert not directory.exists()
+        assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+    finally:
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+        if m._alive(nginx):
+            os.kill(nginx, 9)
