@@ -52,6 +52,7 @@ class Fleet:
     config_file: Path
     work: Path
     shas: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # what one scenario tells the next
     commits: int = 0
 
     def orchestrator(self, *args: str, timeout: float = 900) -> m.Result:
@@ -243,6 +244,18 @@ class LoadThroughBalancer:
         return stats
 
 
+def steady_through_balancer(fleet: Fleet, seconds: float = 5) -> dict:
+    """The same load with nothing running: this run's steady p99, to compare the worst against."""
+    load = LoadThroughBalancer(fleet, "steady (no operation)")
+    time.sleep(seconds)
+    return load.finish()
+
+
+def latency_figure(operation: str, stats: dict, steady: dict) -> None:
+    figure(f"fleet {operation}: worst latency through the load balancer {stats['worst_ms']} ms = "
+           f"{stats['worst_ms'] / steady['p99_ms']:.1f}x the steady p99 ({steady['p99_ms']} ms) of this run")
+
+
 def _flip_skew(pollers: dict, sha: str) -> float:
     seen = {name: poller.first_seen.get(sha) for name, poller in pollers.items()}
     assert all(seen.values()), f"a server never answered with {sha[:12]}: {seen}"
@@ -255,9 +268,9 @@ def test_check_sees_both_servers_host_keys_versions_and_their_own_checks(fleet):
     result = fleet.orchestrator("check")
     for name in APP_SERVERS:
         assert f"[{name}] ok    ssh deploy@{fleet.addresses[name]}" in result.stdout, result.output
-    # No release is live yet, so each server's own check has its first-deploy FAILs; the
-    # orchestrator's part (reachable, host key, same version) passed for both.
-    assert result.returncode in (0, 1), result.output
+    # No release is live yet: each server's own check says so, without failing (a fresh server).
+    assert result.returncode == 0, result.output
+    assert "FAIL" not in result.stdout, result.stdout
 
 
 def test_an_unknown_host_key_is_refused_before_anything_runs(fleet):
@@ -288,8 +301,23 @@ def test_first_deploy_across_both_servers_migrates_the_shared_database_once(flee
     assert status["agree"] is True and status["current"] == sha
 
 
+def test_check_and_status_pass_on_both_servers_once_a_release_is_live(fleet):
+    result = fleet.orchestrator("check")
+    assert result.returncode == 0, result.output
+    for name in APP_SERVERS:
+        assert f"[{name}] ok    ssh deploy@{fleet.addresses[name]}" in result.stdout
+        assert f"[{name}] ok    database: postgresql database skinmenu on {fleet.addresses['db1']}:5432 answers" \
+            in result.stdout, result.stdout
+    assert "FAIL" not in result.stdout
+    status = fleet.orchestrator("status")
+    assert status.returncode == 0, status.output
+    assert f"servers agree: all on {fleet.shas['first'][:12]}" in status.stdout, status.stdout
+
+
 def test_a_deploy_under_load_through_the_load_balancer_fails_no_request(fleet):
     sha = fleet.commit("Second fleet commit")
+    fleet.notes["steady"] = steady = steady_through_balancer(fleet)
+    assert steady["failed"] == 0, steady["errors"]
     pollers = {name: f.Poller(fleet.addresses[name], fleet.share / "tls" / "ca.crt") for name in APP_SERVERS}
     load = LoadThroughBalancer(fleet, "deploy")
     result = fleet.orchestrator("deploy", "main")
@@ -303,7 +331,9 @@ def test_a_deploy_under_load_through_the_load_balancer_fails_no_request(fleet):
     skew = _flip_skew(pollers, sha)
     figure(f"fleet deploy of a new commit (2 servers, standby): {result.seconds:.1f}s; flip skew between the "
            f"servers (first /healthz naming the new sha, pollers on each front door): {skew * 1000:.0f} ms")
+    latency_figure("deploy", stats, steady)
     assert stats["failed"] == 0, stats["errors"]
+    assert set(stats["releases"]) == {fleet.shas["first"], sha}, stats["releases"]  # the flip happened under load
     histories = [json.loads(fleet.on(n, "tail -n1 /home/deploy/state/history.jsonl").stdout) for n in APP_SERVERS]
     assert histories[0]["deploy_id"] == histories[1]["deploy_id"]
 
@@ -315,6 +345,7 @@ def test_a_rollback_under_load_fails_no_request(fleet):
     assert result.returncode == 0, result.output
     fleet.all_on(fleet.shas["first"])
     figure(f"fleet rollback (2 servers, warm standby: a relink): {result.seconds:.1f}s")
+    latency_figure("rollback", stats, fleet.notes["steady"])
     assert stats["failed"] == 0, stats["errors"]
 
 
