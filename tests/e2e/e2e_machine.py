@@ -386,15 +386,16 @@ class Container:
             time.sleep(0.5)
         raise RuntimeError(f"the container did not finish booting within {timeout:.0f}s (state {state!r})")
 
-    def stop(self) -> None:
+    def stop(self, power_off_timeout: float = 30) -> None:
         """Power off (SIGTERM to nspawn = orderly shutdown), kill if it hangs, clean up."""
+        started = time.monotonic()
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=power_off_timeout)
             except subprocess.TimeoutExpired:
-                log(f"container {self.name} did not power off in 30s; killing it")
+                log(f"container {self.name} did not power off in {power_off_timeout:.0f}s; killing it")
                 if self.leader:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self.leader, signal.SIGKILL)
@@ -406,8 +407,11 @@ class Container:
             if subprocess.run(["umount", str(self.root)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
             self.mounted = False
+        powered_off = time.monotonic()
         if self.workdir is not None and os.environ.get("SKINMENU_E2E_KEEP") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
+        log(f"container {self.name} stopped in {powered_off - started:.1f}s, its files removed in "
+            f"{time.monotonic() - powered_off:.1f}s")
 
     # -- commands --------------------------------------------------------------------------------
     def argv(self, script: str, shell: str = "/bin/sh") -> list[str]:

@@ -53,6 +53,11 @@ class Network:
         subprocess.run(["ip", "addr", "replace", f"{self.address(1)}/24", "dev", self.bridge], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
 
+    def remove(self) -> None:
+        """nspawn removes the zone's bridge when its last container exits in order, not when
+        one had to be killed: then it is removed here."""
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+
     def join(self, c: m.Container, host: int) -> str:
         """The container's end (host0) gets its address; returns it."""
         address = self.address(host)
