@@ -364,6 +364,7 @@ def test_a_server_failing_its_smoke_test_puts_every_server_back(fleet):
     original = fleet.machines["app2"].read(config_path)
     broken = yaml.safe_load(original)
     broken["smoke"]["paths"] = ["/", "/no-such-page-only-on-app2/"]
+    broken["smoke"]["timeout"] = 5  # its retries would otherwise last 30 s: the 404 is final
     fleet.machines["app2"].write(config_path, yaml.safe_dump(broken, sort_keys=False), owner="deploy:deploy")
     try:
         load = LoadThroughBalancer(fleet, "deploy failing on app2")
