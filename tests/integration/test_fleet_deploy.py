@@ -2,6 +2,8 @@
 
 Two deploy roots ("servers") reached over a private sshd on 127.0.0.1, sharing one database as
 app servers share one PostgreSQL server; the real CLI with an orchestrator config drives them.
+A server cut off from the network during the build or the switch is tested on real machines in
+tests/e2e/test_e2e_fleet.py.
 """
 
 from __future__ import annotations
@@ -9,14 +11,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import sshd_server
 
 from fleet_setup import Orchestrator, lock_of, one_error_line
 
@@ -27,13 +26,18 @@ def _both_on(deployment, second, sha: str) -> None:
         assert d.healthz()["release"] == sha
 
 
+def _deploy_base_on_both(orchestrator) -> None:
+    """Both servers on `base` (built in parallel by the orchestrator: the quickest way there)."""
+    result = orchestrator.run("deploy", "base")
+    assert result.returncode == 0, result.stderr
+
+
 def _last(d) -> dict:
     return d.history()[-1]
 
 
 def test_deploy_puts_the_new_release_live_on_every_server_with_one_deploy_id(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     sha = deployment.source.sha("second")
 
     result = orchestrator.run("deploy", "second")
@@ -51,8 +55,7 @@ def test_deploy_puts_the_new_release_live_on_every_server_with_one_deploy_id(orc
 
 
 def test_deploy_migrates_once_on_the_migrations_server_with_a_backup(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     sha = deployment.source.sha("migration")
 
     result = orchestrator.run("deploy", "migration")
@@ -69,8 +72,7 @@ def test_deploy_migrates_once_on_the_migrations_server_with_a_backup(orchestrato
 
 def test_a_smoke_failure_on_one_server_puts_every_server_back_and_marks_the_sha_everywhere(
         orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     base, sha = deployment.source.sha("base"), deployment.source.sha("second")
     smoke = {"url": f"http://127.0.0.1:{second.port}", "check_static": False, "timeout": 5,
              "paths": ["/no-such-page-on-app2/"]}
@@ -92,8 +94,7 @@ def test_a_smoke_failure_on_one_server_puts_every_server_back_and_marks_the_sha_
 
 
 def test_a_release_that_cannot_boot_on_one_server_never_reaches_any_public(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     base = deployment.source.sha("base")
     sha = orchestrator.run("release", "second").stdout.strip()
     # app2's env file loses a variable its settings need at boot, after the build.
@@ -107,8 +108,7 @@ def test_a_release_that_cannot_boot_on_one_server_never_reaches_any_public(orche
 
 
 def test_rollback_across_servers_goes_back_on_every_server(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     assert orchestrator.run("deploy", "second").returncode == 0
     base = deployment.source.sha("base")
 
@@ -121,8 +121,7 @@ def test_rollback_across_servers_goes_back_on_every_server(orchestrator, deploym
 
 
 def test_rollback_refuses_when_servers_disagree_unless_told_where_to(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     deployment.ok("deploy", "third")
     second.ok("deploy", "second")
     second.ok("deploy", "third")  # both on third; app1 came from base, app2 from second
@@ -140,8 +139,7 @@ def test_rollback_refuses_when_servers_disagree_unless_told_where_to(orchestrato
 
 
 def test_plan_across_servers_shows_each_servers_steps_and_changes_nothing(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     result = orchestrator.run("deploy", "second", "--plan")
     assert result.returncode == 0, result.stderr
     assert "[app1] [1] " in result.stdout and "[app2] [1] " in result.stdout
@@ -153,8 +151,7 @@ def test_plan_across_servers_shows_each_servers_steps_and_changes_nothing(orches
 
 
 def test_list_and_prune_run_on_every_server(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     for ref in ("second", "third"):
         assert orchestrator.run("deploy", ref).returncode == 0
     listed = orchestrator.run("list")
@@ -171,8 +168,7 @@ def test_list_and_prune_run_on_every_server(orchestrator, deployment, second):
 @pytest.mark.strategy("restart")
 def test_with_the_restart_strategy_servers_switch_in_batches_and_all_go_back_on_failure(
         orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     base = deployment.source.sha("base")
     ok = orchestrator.run("deploy", "second")
     assert ok.returncode == 0, ok.stderr
@@ -190,13 +186,12 @@ def test_with_the_restart_strategy_servers_switch_in_batches_and_all_go_back_on_
 
 def test_an_orchestrator_killed_at_random_points_leaves_a_truthful_status_and_the_next_deploy_aligns_all(
         orchestrator, deployment, second, wait_until):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     base, sha = deployment.source.sha("base"), deployment.source.sha("second")
     assert orchestrator.run("release", "second").returncode == 0  # the kills land in the switch
     env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "SSH_AUTH_SOCK")}
     rng = random.Random(int(os.environ.get("KILL_SEED", "11")))
-    for delay in sorted(rng.uniform(0.3, 6.0) for _ in range(3)):
+    for delay in sorted(rng.uniform(0.3, 6.0) for _ in range(2)):
         killed = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file),
                                    "activate", sha], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         time.sleep(delay)
@@ -215,105 +210,13 @@ def test_an_orchestrator_killed_at_random_points_leaves_a_truthful_status_and_th
 
 
 def test_rollback_of_servers_left_mixed_brings_them_back_to_the_release_they_shared(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     deployment.ok("deploy", "second")  # as an orchestrator killed after app1's commit leaves them
     base = deployment.source.sha("base")
     result = orchestrator.run("rollback")
     assert result.returncode == 0, result.stderr
     _both_on(deployment, second, base)
     assert "[app2] release " in result.stderr and "is already live; nothing to do" in result.stderr
-
-
-@pytest.fixture
-def app2_behind_its_own_sshd(orchestrator, deployment, second, tmp_path):
-    """app2 reached through an sshd of its own, so that the test can cut it off: SIGSTOP of that
-    sshd and its sessions is a network gone silent (connections stay open, nothing answers)."""
-    own = sshd_server.start(tmp_path / "sshd-app2")
-    both = tmp_path / "known_hosts"
-    both.write_text(orchestrator.sshd.known_hosts.read_text() + own.known_hosts.read_text())
-    authorized = own.root / "authorized_keys"
-    authorized.write_text(Path(f"{orchestrator.sshd.client_key}.pub").read_text())
-    orchestrator.write([deployment.config_file, second.config_file], known_hosts=both, app2={"port": own.port})
-    yield own
-    _signal_tree(own.process.pid, signal.SIGCONT)
-    own.stop()
-
-
-def _signal_tree(pid: int, signum: int) -> None:
-    """The sshd and every session process under it (the deployer commands it runs keep going)."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
-    children: dict[int, list[tuple[int, str]]] = {}
-    for line in out.splitlines():
-        child, parent, comm = line.split(None, 2)
-        children.setdefault(int(parent), []).append((int(child), comm.strip()))
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        os.kill(current, signum)
-        todo.extend(child for child, comm in children.get(current, []) if comm.startswith("sshd"))
-
-
-def _start_orchestrator(orchestrator, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "SSH_AUTH_SOCK")}
-    return subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _read_until(proc: subprocess.Popen, marker: str, seen: list[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            raise AssertionError("the orchestrator ended before: " + "".join(seen))
-        seen.append(line)
-        if marker in line:
-            return
-    raise AssertionError(f"no {marker!r} within {timeout}s: " + "".join(seen))
-
-
-def test_a_server_lost_during_the_build_changes_nothing_anywhere(
-        orchestrator, deployment, second, app2_behind_its_own_sshd, wait_until):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
-    base = deployment.source.sha("base")
-    running = _start_orchestrator(orchestrator, "deploy", "second")
-    seen: list[str] = []
-    _read_until(running, "[app2] [4/8] create venv", seen)
-    _signal_tree(app2_behind_its_own_sshd.process.pid, signal.SIGSTOP)
-    _, rest = running.communicate(timeout=120)
-    assert running.returncode == 1, "".join(seen) + rest
-    last = rest.strip().splitlines()[-1]
-    assert last.startswith("deployer: error: app2: the connection was lost"), rest
-    assert last.endswith("nothing live was changed on any server")
-    assert deployment.current == base and deployment.healthz()["release"] == base
-    # app2, cut off, let its lock go when the heartbeat stopped, and its build unwound.
-    wait_until(lambda: lock_of(second) is None, timeout=60)
-    assert second.current == base and second.healthz()["release"] == base
-
-
-def test_a_server_lost_during_the_switch_puts_every_reachable_server_back_and_is_brought_in_line_later(
-        orchestrator, deployment, second, app2_behind_its_own_sshd, wait_until):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
-    base, sha = deployment.source.sha("base"), deployment.source.sha("second")
-    running = _start_orchestrator(orchestrator, "deploy", "second")
-    seen: list[str] = []
-    _read_until(running, "[app2] [4/7] smoke test green socket", seen)
-    _signal_tree(app2_behind_its_own_sshd.process.pid, signal.SIGSTOP)
-    _, rest = running.communicate(timeout=120)
-    assert running.returncode == 1, "".join(seen) + rest
-    assert rest.strip().splitlines()[-1].startswith("deployer: error: app2: the connection was lost"), rest
-    assert deployment.current == base and deployment.healthz()["release"] == base
-    assert deployment.history()[-1]["result"] == "failed-smoke"
-    # app2 put itself back on its own once the orchestrator's heartbeat stopped reaching it.
-    wait_until(lambda: lock_of(second) is None, timeout=60)
-    assert second.current == base and second.healthz()["release"] == base
-
-    _signal_tree(app2_behind_its_own_sshd.process.pid, signal.SIGCONT)  # the network is back
-    again = orchestrator.run("deploy", "second")
-    assert again.returncode == 0, again.stderr
-    _both_on(deployment, second, sha)
 
 
 def test_two_servers_on_one_postgresql_migrate_once_and_roll_back_together(
@@ -342,8 +245,7 @@ def test_two_servers_on_one_postgresql_migrate_once_and_roll_back_together(
 
 
 def test_bad_input_across_servers_is_one_line_exit_2_and_changes_nothing(orchestrator, deployment, second):
-    deployment.ok("deploy", "base")
-    second.ok("deploy", "base")
+    _deploy_base_on_both(orchestrator)
     base = deployment.source.sha("base")
     for argv in (["deploy", "no-such-branch"], ["activate", "0123abcd"], ["activate", "../../etc"],
                  ["rollback", "--to", "not-hex"], ["deploy", "--", "-x"], ["prune", "--keep", "-1"],
