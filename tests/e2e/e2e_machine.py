@@ -347,9 +347,9 @@ class Container:
             env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
+        write_owner(self.workdir, nspawn=self.process.pid)  # a reaper's due even before PID 1 shows
         self.leader = self._find_leader(timeout=30)
-        (self.workdir / "owner.json").write_text(json.dumps(
-            {"owner": os.getpid(), "nspawn": self.process.pid, "leader": self.leader}))
+        write_owner(self.workdir, nspawn=self.process.pid, leader=self.leader)
         self._wait_booted(timeout)
         self.boot_seconds = time.monotonic() - started
         log(f"container {self.name} booted in {self.boot_seconds:.1f}s (PID 1 = host pid {self.leader})")
@@ -386,15 +386,16 @@ class Container:
             time.sleep(0.5)
         raise RuntimeError(f"the container did not finish booting within {timeout:.0f}s (state {state!r})")
 
-    def stop(self) -> None:
+    def stop(self, power_off_timeout: float = 30) -> None:
         """Power off (SIGTERM to nspawn = orderly shutdown), kill if it hangs, clean up."""
+        started = time.monotonic()
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=power_off_timeout)
             except subprocess.TimeoutExpired:
-                log(f"container {self.name} did not power off in 30s; killing it")
+                log(f"container {self.name} did not power off in {power_off_timeout:.0f}s; killing it")
                 if self.leader:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self.leader, signal.SIGKILL)
@@ -406,8 +407,11 @@ class Container:
             if subprocess.run(["umount", str(self.root)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
             self.mounted = False
+        powered_off = time.monotonic()
         if self.workdir is not None and os.environ.get("SKINMENU_E2E_KEEP") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
+        log(f"container {self.name} stopped in {powered_off - started:.1f}s, its files removed in "
+            f"{time.monotonic() - powered_off:.1f}s")
 
     # -- commands --------------------------------------------------------------------------------
     def argv(self, script: str, shell: str = "/bin/sh") -> list[str]:
@@ -456,14 +460,36 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
+def write_owner(directory: Path, **pids: int) -> None:
+    """Mark `directory` as this session's, with the processes a reaper must end if it is killed."""
+    (directory / "owner.json").write_text(json.dumps({"owner": os.getpid(), **pids}))
+
+
+# Directories whose name carries the owning session's pid: skinmenu-e2e-<kind>-<pid>-<random>.
+_PID_NAMED = ("skinmenu-e2e-share-", "skinmenu-e2e-fleet-")
+
+
+def _ours(pid: int | None, workdir: Path, key: str) -> bool:
+    """Still the process the owner file names (not a pid reused by someone else)?"""
+    if not _alive(pid):
+        return False
+    try:
+        if key == "leader":
+            return b"container=systemd-nspawn" in Path(f"/proc/{pid}/environ").read_bytes()
+        return str(workdir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def reap_stale() -> None:
-    """Containers and share dirs left by a test session that was killed (its finalizers never
-    ran): power them off, unmount, delete. Sessions still running are left alone."""
+    """Containers, load balancers, share and fleet dirs left by a test session that was killed
+    (its finalizers never ran): end their processes, unmount, delete; then the network zones
+    no container is on any more. Sessions still running are left alone."""
     for workdir in WORK_ROOT.glob("skinmenu-e2e-*"):
         owner_file = workdir / "owner.json"
-        if workdir.name.startswith("skinmenu-e2e-share-"):
-            owner = int(workdir.name.split("-")[3]) if workdir.name.split("-")[3].isdigit() else None
-            if not _alive(owner):
+        if workdir.name.startswith(_PID_NAMED):
+            part = workdir.name.split("-")[3]
+            if not _alive(int(part) if part.isdigit() else None):
                 shutil.rmtree(workdir, ignore_errors=True)
             continue
         if not owner_file.exists():
@@ -475,9 +501,8 @@ def reap_stale() -> None:
             if _alive(info.get("owner")):
                 continue
         log(f"reaping {workdir} left by a killed session")
-        for key in ("leader", "nspawn"):
-            pid = info.get(key)
-            if _alive(pid):
+        for key, pid in info.items():
+            if key != "owner" and _ours(pid, workdir, key):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
@@ -486,6 +511,26 @@ def reap_stale() -> None:
             if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(root)], capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)
+    _reap_empty_zones()
+
+
+ZONE_PREFIX = "skm"  # the multi-server tier's nspawn network zones: bridge vz-skm<random>
+
+
+def _reap_empty_zones() -> None:
+    """nspawn removes a zone's bridge when its last container exits in order; a SIGKILLed nspawn
+    leaves it, with the host's address on the subnet a later session may pick."""
+    links = subprocess.run(["ip", "-j", "link", "show", "type", "bridge"], capture_output=True, text=True)
+    if links.returncode != 0:
+        return
+    for link in json.loads(links.stdout or "[]"):
+        name = link.get("ifname", "")
+        if not name.startswith(f"vz-{ZONE_PREFIX}"):
+            continue
+        members = subprocess.run(["ip", "-j", "link", "show", "master", name], capture_output=True, text=True)
+        if members.returncode == 0 and not json.loads(members.stdout or "[]"):
+            log(f"removing the empty network zone bridge {name} left by a killed session")
+            subprocess.run(["ip", "link", "delete", name], capture_output=True)
 
 
 def _children(pid: int) -> list[int]:

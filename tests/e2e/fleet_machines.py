@@ -30,8 +30,8 @@ import e2e_machine as m
 
 @dataclass
 class Network:
-    zone: str = field(default_factory=lambda: f"skm{secrets.token_hex(3)}")
-    subnet: str = field(default_factory=lambda: f"10.231.{os.getpid() % 250 + 1}")
+    zone: str = field(default_factory=lambda: f"{m.ZONE_PREFIX}{secrets.token_hex(3)}")
+    subnet: str = field(default_factory=lambda: _free_subnet())
 
     @property
     def bridge(self) -> str:
@@ -53,11 +53,27 @@ class Network:
         subprocess.run(["ip", "addr", "replace", f"{self.address(1)}/24", "dev", self.bridge], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
 
+    def remove(self) -> None:
+        """nspawn removes the zone's bridge when its last container exits in order, not when
+        one had to be killed: then it is removed here."""
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+
     def join(self, c: m.Container, host: int) -> str:
         """The container's end (host0) gets its address; returns it."""
         address = self.address(host)
         c.run(f"ip addr replace {address}/24 dev host0 && ip link set host0 up")
         return address
+
+
+def _free_subnet() -> str:
+    """A 10.231.N.0/24 no interface of the host is on (another session's zone, a stale one)."""
+    used = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    start = os.getpid() % 250
+    for step in range(250):
+        subnet = f"10.231.{(start + step) % 250 + 1}"
+        if f" {subnet}." not in used:
+            return subnet
+    raise RuntimeError("no free 10.231.N.0/24 subnet on this host")
 
 
 def wait_for_port(address: str, port: int, timeout: float = 60) -> None:
@@ -178,6 +194,7 @@ http {{
     process = subprocess.Popen(["nginx", "-c", str(directory / "nginx.conf"), "-p", str(directory),
                                 "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
+    m.write_owner(directory, nginx=process.pid)  # a killed session's reaper ends it (reap_stale)
     deadline = time.monotonic() + 15
     while True:
         try:
