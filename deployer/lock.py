@@ -46,7 +46,6 @@ def deploy_lock(paths: Paths, command: str, wait: float = 0, orchestrator_token:
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _acquire(fd, paths, wait)
-        _wait_for_orphans(paths)
         holder = {
             "pid": os.getpid(),
             "user": getpass.getuser(),
@@ -59,6 +58,9 @@ def deploy_lock(paths: Paths, command: str, wait: float = 0, orchestrator_token:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         try:
+            # Named as the holder first: a command that finds the lock held while this waits
+            # (up to ORPHAN_WAIT) can say who holds it.
+            _wait_for_orphans(paths)
             yield
         finally:
             os.ftruncate(fd, 0)

@@ -225,6 +225,8 @@ def remote_failure(server: Server, result: Result) -> DeployError:
     last = lines.pop() if lines else ""
     message = last.removeprefix("deployer: error: ") if last else f"exited with status {result.exit_status}"
     message, _, hint = message.partition(" — ")  # how _report joins a message and its hint
+    if result.exit_status == 3:  # the server's hint names --wait, which an orchestrator refuses
+        hint = "run the command again once that deploy has finished (`deployer status` names the holder)"
     error = {2: BadInput, 3: LockHeld}.get(result.exit_status, OperationFailed)
     return error(f"{server.name}: {message}", hint=hint, details="\n".join(f"[{server.name}] {line}" for line in lines[-8:]))
 
