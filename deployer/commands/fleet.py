@@ -17,11 +17,22 @@ from deployer.remote import Connection, Outcome, locked, on_each, remote_failure
 from deployer.steps import DOTS_TO
 
 
-def collect_status(fleet: FleetConfig) -> dict:
-    async def ask(connection: Connection) -> dict:
-        return await connection.deployer_json(status_argv(connection.server))
+async def status_of(connection: Connection) -> dict:
+    """The server's own `status --json`."""
+    return await connection.deployer_json(status_argv(connection.server))
 
-    outcomes = asyncio.run(on_each(fleet, ask))
+
+async def plan_of(connection: Connection, command: list[str]) -> dict:
+    """The server's own `<command> --plan --json` (a refused plan still answers JSON, exit 1)."""
+    result = await connection.run(plan_argv(connection.server, command))
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise remote_failure(connection.server, result) from None
+
+
+def collect_status(fleet: FleetConfig) -> dict:
+    outcomes = asyncio.run(on_each(fleet, status_of))
     rows = [_row(outcome) for outcome in outcomes]
     currents = {row["current"] for row in rows}
     reachable = all(row["error"] is None for row in rows)
@@ -195,14 +206,7 @@ async def same_release(connections: list[Connection], sha: str) -> None:
 def plan(fleet: FleetConfig, command: list[str], as_json: bool) -> None:
     """`--plan` across servers: each server's own plan of the command, side by side."""
 
-    async def ask(connection: Connection) -> dict:
-        result = await connection.run(plan_argv(connection.server, command))
-        try:
-            return json.loads(result.stdout)
-        except ValueError:
-            raise remote_failure(connection.server, result) from None
-
-    outcomes = asyncio.run(on_each(fleet, ask))
+    outcomes = asyncio.run(on_each(fleet, lambda connection: plan_of(connection, command)))
     if as_json:
         json.dump({"command": command[0], "migrations_server": fleet.migrations_server.name, "servers": [
             {"name": o.server.name, "plan": o.value, "error": o.error.message if o.error else None} for o in outcomes

@@ -27,9 +27,9 @@ from secrets import token_hex
 from typing import Callable
 
 from deployer.argv import (
-    activate_argv, list_argv, orchestrated, plan_argv, rollback_argv, rollback_argv_tail, status_argv,
+    activate_argv, list_argv, orchestrated, rollback_argv, rollback_argv_tail,
 )
-from deployer.commands.fleet import build_everywhere, same_release, say_as
+from deployer.commands.fleet import build_everywhere, plan_of, same_release, say_as, status_of
 from deployer.errors import BadInput, DeployError, OperationFailed
 from deployer.fleet import FleetConfig, Server
 from deployer.gate import EVENT
@@ -120,7 +120,7 @@ async def _rollback_target(connections: list[Connection], to: str | None, migrat
     commits): the release some are still on and the others would roll back to."""
     command = rollback_argv_tail(to, migrate, force)
     plans = dict(zip((c.server.name for c in connections),
-                     await asyncio.gather(*(_plan(c, command) for c in connections))))
+                     await asyncio.gather(*(plan_of(c, command) for c in connections))))
     targets = {name: None if plan.get("refused") else plan.get("sha") for name, plan in plans.items()}
     if None not in targets.values() and len(set(targets.values())) == 1:
         return next(iter(targets.values()))
@@ -139,15 +139,7 @@ async def _rollback_target(connections: list[Connection], to: str | None, migrat
 
 
 async def _current_of(connection: Connection) -> str | None:
-    return (await _status_of(connection)).get("current")
-
-
-async def _plan(connection: Connection, command: list[str]) -> dict:
-    result = await connection.run(plan_argv(connection.server, command))
-    try:
-        return json.loads(result.stdout)
-    except ValueError:
-        raise remote_failure(connection.server, result) from None
+    return (await status_of(connection)).get("current")
 
 
 async def switch_everywhere(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf) -> None:
@@ -163,7 +155,7 @@ async def switch_everywhere(fleet: FleetConfig, connections: list[Connection], t
 async def _where_now(connections: list[Connection]) -> None:
     currents = set()
     for connection, answer in zip(connections, await asyncio.gather(
-            *(_status_of(c) for c in connections), return_exceptions=True)):
+            *(status_of(c) for c in connections), return_exceptions=True)):
         if isinstance(answer, BaseException):
             currents.add(None)
             say_as(connection.server.name, f"now: UNKNOWN ({getattr(answer, 'message', answer)})")
@@ -172,10 +164,6 @@ async def _where_now(connections: list[Connection]) -> None:
             say_as(connection.server.name, f"now on {(answer.get('current') or '(none)')[:12]}")
     say_as("all", "servers agree" if len(currents) == 1 and None not in currents else
          "SERVERS DISAGREE: run `deployer status`; the next deploy, activate or rollback brings them to one release")
-
-
-async def _status_of(connection: Connection) -> dict:
-    return await connection.deployer_json(status_argv(connection.server))
 
 
 async def _switch(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf) -> None:
