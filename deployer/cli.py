@@ -17,7 +17,7 @@ import traceback
 
 import click
 
-from deployer import __version__, notify, releases, signals, standby
+from deployer import __version__, notify, output, releases, signals, standby
 from deployer import lock as lock_mod
 from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
@@ -71,6 +71,10 @@ def _report(exc: DeployError) -> None:
 
 class DeployerGroup(click.Group):
     """Turns expected failures into one clear line and their exit code, never a traceback."""
+
+    def main(self, *args, **kwargs):
+        output.make_best_effort()  # before click prints anything, a usage error included
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:

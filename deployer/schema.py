@@ -113,13 +113,16 @@ def unapply_ahead(config: Config, paths: Paths, env_values: dict[str, str], plan
 
 def bring_to(
     config: Config, paths: Paths, env_values: dict[str, str], sha: str, meta: dict,
-    *, unapply_with: str | None, label: str, note: Note,
+    *, unapply_with: str | None, label: str, note: Note, before_change: Callable[[], None] | None = None,
 ) -> bool:
     """All of it at once (a switch-back, where `current` already moved). Returns whether the
-    database needed a change; it reads the database once when it matches already."""
+    database needed a change; it reads the database once when it matches already. `before_change`
+    runs first when there is a change to make (the migrations server waits for the others, §13)."""
     plan_ = plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=False, note=lambda _: None)
     if not plan_.changes:
         return False
+    if before_change is not None:
+        before_change()
     back_up(config, paths, plan_, label, note)
     unapply_ahead(config, paths, env_values, plan_, note)
     apply_pending(config, paths, env_values, plan_, note)

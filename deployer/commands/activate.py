@@ -104,6 +104,14 @@ def go_live(
     stage = SCHEMA
     plan = None
     colours: Colours | None = None
+
+    def record_live() -> None:
+        with progress.step("record history"):
+            history.append(
+                paths, action, previous, sha, history.OK, backup=_backup_of(plan), deploy_id=deploy_id,
+                seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations),
+            )
+
     try:
         with progress.step(schema_step):
             if owns_schema:
@@ -146,35 +154,62 @@ def go_live(
             smoke.run(config.smoke, sha, paths.release(sha))
         if gate is not None:
             gate.wait("live", "commit")
-        stage = RECORD
-        with progress.step("record history"):
-            history.append(
-                paths, action, previous, sha, history.OK, backup=_backup_of(plan), deploy_id=deploy_id,
-                seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations),
-            )
-            if colours is not None:
-                _leave_standby(config, paths, colours, progress)
+        else:
+            stage = RECORD
+            record_live()
     except BaseException as exc:
         failure = as_failure(exc)
         record = {"action": action, "backup": _backup_of(plan), "deploy_id": deploy_id,
                   "seconds": round(time.monotonic() - started, 2), "steps": dict(progress.durations)}
         with signals.shielded():
             if stage == SCHEMA:
-                _put_back_schema(config, paths, sha, previous, failure, env_values, owns_schema)
+                _put_back_schema(config, paths, sha, previous, failure, env_values, gate)
             elif stage == PREPARE:
                 _put_back_before_switch(config, paths, sha, previous, failure, env_values, _result_of(RESTART, exc),
-                                        record, owns_schema)
+                                        record, gate)
             else:
                 _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values,
-                                       _result_of(stage, exc), record, colours, owns_schema)
+                                       _result_of(stage, exc), record, colours, gate)
         if failure is exc:
             raise
         raise failure from exc
+    # Committed: from here on nothing switches this server back (the others keep the release too).
+    with signals.shielded():
+        if gate is not None:
+            _record_committed(record_live, sha)
+        if colours is not None:
+            _leave_standby_or_warn(config, paths, colours, progress, gate)
     # The release is live and recorded: a failing after_live/after_rollback command is a warning
     # (docs/design.md §15); switching back would take down a release that passed its smoke test.
     hooks.run(config, hooks.after_live_point(action), paths.release(sha), sha=sha, previous=previous,
               action=action, env_values=env_values, progress=progress)
     say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
+
+
+def _record_committed(record_live, sha: str) -> None:
+    """Every server has the word to keep the release: a history line that cannot be written is
+    reported as it is, never by switching this one server back."""
+    try:
+        record_live()
+    except BaseException as exc:
+        raise OperationFailed(
+            f"{sha[:12]} is live, but its history line could not be written: {as_failure(exc).message}",
+            hint="the release stays live on every server; free the disk or fix state/ and check `deployer status`",
+        ) from exc
+
+
+def _leave_standby_or_warn(config: Config, paths: Paths, colours: "Colours", progress: Progress,
+                           gate: Gate | None) -> None:
+    """Leaving the standby comes after the release is live and recorded: a failure there is a
+    warning (exit 0), never a switch-back."""
+    try:
+        _leave_standby(config, paths, colours, progress)
+    except BaseException as exc:
+        warning = (f"the old colour {colours.old} was not stopped or recorded as the standby: "
+                   f"{as_failure(exc).message}; `deployer expire-standby` or the next deploy stops it")
+        say(f"deployer: warning: {warning}")
+        if gate is not None:
+            gate.tell("warning", message=warning)
 
 
 def _unapply_after_switch(config: Config, paths: Paths, env_values: dict[str, str], plan: schema.Plan,
@@ -223,26 +258,24 @@ def as_failure(exc: BaseException) -> DeployError:
     return OperationFailed(f"unexpected {type(exc).__name__}: {exc}")
 
 
-def _put_back_schema(config, paths, sha, previous, failure, env_values, owns_schema=True):
+def _put_back_schema(config, paths, sha, previous, failure, env_values, gate=None):
     """A failure before the switch: `current` never moved; undo a partial migration."""
-    schema_note = _restore_schema(config, paths, sha, previous, env_values, owns_schema)
+    schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
     live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
     failure.hint = "; ".join(part for part in (f"the live release is untouched: {live}", schema_note, failure.hint) if part)
 
 
 def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record, colours=None,
-                           owns_schema=True):
+                           gate=None):
     """`current` may have moved: relink the previous release, bring the database back to its
     migrations, restart and smoke-test it, record the attempt. Each part reports the true state
     even when it fails itself."""
     if config.service.standby and colours is None:
         colours = _colours_now(config, paths, sha)
-    try:
+    try:  # the relinks come before any word about them: output must never decide (§3)
         if previous is None:
-            say(f"    no release was live before {sha[:12]}; removing current")
             switch.remove_current(paths)
         else:
-            say(f"    switching back to {previous[:12]}")
             switch.point_current_at(paths, previous)
         if colours is not None:
             _socket_back(config, paths, colours, previous)
@@ -250,7 +283,9 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         failure.hint = (f"switching back FAILED ({as_failure(exc).message}): current still points at "
                         f"{sha[:12]}; run `deployer rollback --to {(previous or sha)[:12]}`")
         return
-    schema_note = _restore_schema(config, paths, sha, previous, env_values, owns_schema)
+    say(f"    switched back to {previous[:12]}" if previous else
+        f"    no release was live before {sha[:12]}; current is removed")
+    schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
     if previous is None:
         back = "nothing was live before, and current is removed"
     elif colours is not None:
@@ -345,7 +380,7 @@ def _standby_back(config: Config, paths: Paths, colours: Colours, previous: str)
         return f"{previous[:12]} is back in current but did not pass its smoke test either: {as_failure(exc).message}"
 
 
-def _put_back_before_switch(config, paths, sha, previous, failure, env_values, result, record, owns_schema=True):
+def _put_back_before_switch(config, paths, sha, previous, failure, env_values, result, record, gate=None):
     """A standby that failed to start or failed its smoke test on its own socket: the public
     never saw it. Stop it, put the schema back, record it."""
     new = next((c for c in standby.COLOURS if standby.slot_sha(paths, c) == sha
@@ -357,7 +392,7 @@ def _put_back_before_switch(config, paths, sha, previous, failure, env_values, r
             stopped = f"{new} is stopped"
         except BaseException as exc:
             stopped = f"stopping {new} failed: {as_failure(exc).message}"
-    schema_note = _restore_schema(config, paths, sha, previous, env_values, owns_schema)
+    schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
     live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
     marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (f"the public never saw it: {live}", stopped, schema_note, marked) if part)
@@ -372,20 +407,22 @@ def _restart_previous(config: Config, paths: Paths, previous: str) -> str:
         return f"{previous[:12]} is back in current but did not pass its smoke test either: {as_failure(exc).message}"
 
 
-def _restore_schema(config, paths, sha, previous, env_values, owns_schema=True) -> str:
+def _restore_schema(config, paths, sha, previous, env_values, gate=None) -> str:
     """Bring the database back to the previous release's migrations (unapplying with the new
     release's code what it applied, re-applying what a --migrate rollback unapplied). Returns
     a note for the failure message, empty when nothing needed doing. A server that does not
     own the schema (an orchestrated deploy migrates on the migrations server only) leaves it."""
-    if previous is None or not owns_schema:
+    if previous is None or (gate is not None and not gate.owns_schema):
         return ""
     meta = releases.read_metadata(paths.release(previous))
     if meta is None:
         return f"the database was left as it is: {previous[:12]}'s RELEASE.json cannot be read"
+    note = lambda line: say(f"    {line}")  # noqa: E731
     try:
         changed = schema.bring_to(
             config, paths, env_values, previous, meta, unapply_with=sha,
-            label=f"before-restore-{previous[:12]}", note=lambda line: say(f"    {line}"),
+            label=f"before-restore-{previous[:12]}", note=note,
+            before_change=(lambda: gate.wait_for_schema_turn(note)) if gate is not None else None,
         )
     except BaseException as exc:
         return (f"the database could NOT be brought back to {previous[:12]}'s migrations "
