@@ -52,9 +52,12 @@ def release_argv(server: Server, ref: str, token: str) -> list[str]:
     return under_lock(deployer_argv(server, "release", ref), token)
 
 
-def orchestrated(argv: list[str], token: str, deploy_id: str, owns_schema: bool) -> list[str]:
+def orchestrated(argv: list[str], token: str, deploy_id: str, owns_schema: bool, *,
+                 barrier_timeout: float, put_back_timeout: float) -> list[str]:
     """An activate/rollback argv that stops at the orchestrator's barrier (deployer/gate.py)."""
-    return under_lock(argv + ["--orchestrated", deploy_id] + ([] if owns_schema else ["--schema-elsewhere"]), token)
+    return under_lock(argv + ["--orchestrated", deploy_id, "--barrier-timeout", f"{barrier_timeout:g}",
+                              "--put-back-timeout", f"{put_back_timeout:g}"]
+                      + ([] if owns_schema else ["--schema-elsewhere"]), token)
 
 
 def activate_argv(server: Server, sha: str) -> list[str]:

@@ -31,8 +31,8 @@ from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
 from deployer.argv import rollback_argv_tail
-from deployer.fleet import FleetConfig, is_fleet_file, load_fleet
-from deployer.gate import Gate
+from deployer.fleet import MAX_TIMEOUT, FleetConfig, is_fleet_file, load_fleet
+from deployer.gate import BARRIER_TIMEOUT, PUT_BACK_TIMEOUT, Gate
 from deployer.lock import deploy_lock, held_lock
 from deployer.paths import Paths
 
@@ -241,15 +241,20 @@ def _across_servers(session: Session, plan: bool, as_json: bool, wait: float, co
 
 
 def orchestrated_options(command):
-    """How an orchestrator runs activate/rollback on a server (deployer/gate.py); hidden."""
+    """How an orchestrator runs activate/rollback on a server (deployer/gate.py); hidden. They
+    reach the command as its `**orchestration` keywords, which go to `_gate` as they are."""
     command = click.option("--schema-elsewhere", is_flag=True, hidden=True)(command)
+    for name, default in (("--barrier-timeout", BARRIER_TIMEOUT), ("--put-back-timeout", PUT_BACK_TIMEOUT)):
+        command = click.option(name, type=click.FloatRange(0, MAX_TIMEOUT, min_open=True), default=default,
+                               hidden=True)(command)
     return click.option("--orchestrated", "deploy_id", metavar="DEPLOY_ID", hidden=True)(command)
 
 
 _DEPLOY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 
 
-def _gate(session: Session, deploy_id: str | None, schema_elsewhere: bool) -> Gate | None:
+def _gate(session: Session, deploy_id: str | None, schema_elsewhere: bool, barrier_timeout: float,
+          put_back_timeout: float) -> Gate | None:
     if deploy_id is None:
         if schema_elsewhere:
             raise BadInput("--schema-elsewhere goes with --orchestrated")
@@ -258,7 +263,8 @@ def _gate(session: Session, deploy_id: str | None, schema_elsewhere: bool) -> Ga
         raise BadInput("--orchestrated runs only under an orchestrator's lock (--held-lock)")
     if not _DEPLOY_ID.fullmatch(deploy_id):
         raise BadInput(f"not a deploy id: {shown(deploy_id)}")
-    return Gate(deploy_id, owns_schema=not schema_elsewhere)
+    return Gate(deploy_id, owns_schema=not schema_elsewhere, barrier_timeout=barrier_timeout,
+                put_back_timeout=put_back_timeout)
 
 
 # Errors in these types raise BadInput inside DeployerGroup.invoke (click parses a subcommand's
@@ -313,8 +319,7 @@ def release(session: Session, commit: str, rebuild: bool, wait: float, plan: boo
 @plan_options
 @orchestrated_options
 @click.pass_obj
-def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool, deploy_id: str | None,
-             schema_elsewhere: bool) -> None:
+def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool, **orchestration) -> None:
     """Make a built release live: migrate, switch, restart, smoke test (or switch back)."""
     fleet = _across_servers(session, plan, as_json, wait, ["activate", sha])
     if fleet is not None:
@@ -323,7 +328,7 @@ def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool,
         return
     if _planned(session, plan, as_json, plan_mod.activate_plan, sha):
         return
-    _run_locked(session, wait, activate_cmd.main, sha, _gate(session, deploy_id, schema_elsewhere))
+    _run_locked(session, wait, activate_cmd.main, sha, _gate(session, **orchestration))
 
 
 @main.command()
@@ -352,7 +357,7 @@ def deploy(session: Session, commit: str, wait: float, plan: bool, as_json: bool
 @orchestrated_options
 @click.pass_obj
 def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait: float, plan: bool, as_json: bool,
-             deploy_id: str | None, schema_elsewhere: bool) -> None:
+             **orchestration) -> None:
     """Make the previously live release live again (from history)."""
     if migrate and force:
         raise BadInput("--migrate and --force exclude each other", hint="pass one of them")
@@ -363,7 +368,7 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
         return
     if _planned(session, plan, as_json, plan_mod.rollback_plan, to, migrate, force):
         return
-    _run_locked(session, wait, rollback_cmd.main, to, migrate, force, _gate(session, deploy_id, schema_elsewhere))
+    _run_locked(session, wait, rollback_cmd.main, to, migrate, force, _gate(session, **orchestration))
 
 
 @main.command()

@@ -55,11 +55,36 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """How long the orchestrator waits for a server in each phase (docs/design.md §13). Each is
+    far above the measured time of its phase and above the server's own timeouts in it, so a
+    server that fails by itself says why first; a server silent past one has failed."""
+
+    lock: float = 180.0  # taking its lock (a disconnected orchestrator's command may take 120 s to stop)
+    command: float = 600.0  # version, status, list, prune
+    build: float = 1800.0  # `release`: clone, venv, requirements, collectstatic
+    migrate: float = 3900.0  # backup and migrations on the migrations server (django.migrate_timeout: 3600)
+    prepare: float = 900.0  # before_switch hooks, start and smoke-test the idle colour
+    live: float = 600.0  # switch, restart, smoke test through its front door
+    commit: float = 900.0  # record, leave the standby, after_live hooks
+    put_back: float = 300.0  # a server told to put back until it has
+
+    def barrier(self, batches: int) -> float:
+        """How long a server waits for the next word: the others' slowest phases, then their put-back."""
+        return self.prepare + batches * self.live + self.put_back + 60
+
+
+TIMEOUT_KEYS = tuple(Timeouts.__dataclass_fields__)
+MAX_TIMEOUT = 86400.0
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     path: Path
     servers: tuple[Server, ...]  # in the config's order: the fixed order locks are taken in
     ssh: SshConfig
     parallel: int  # how many servers at once (builds, restart batches)
+    timeouts: Timeouts = Timeouts()
 
     @property
     def migrations_server(self) -> Server:
@@ -75,7 +100,9 @@ _SERVER = {
     "deployer": (str, False),
 }
 _SSH = {"known_hosts": (str, True), "identity": (str, False), "connect_timeout": ((int, float), False)}
-_TOP = {"servers": (list, True), "ssh": (_SSH, True), "parallel": (int, False), "deployer": (str, False)}
+_TIMEOUTS = {key: ((int, float), False) for key in TIMEOUT_KEYS}
+_TOP = {"servers": (list, True), "ssh": (_SSH, True), "parallel": (int, False), "deployer": (str, False),
+        "timeouts": (_TIMEOUTS, False)}
 
 
 def is_fleet_file(path: Path) -> bool:
@@ -118,7 +145,16 @@ def load_fleet(path: Path) -> FleetConfig:
     if parallel < 1:
         raise BadInput(f"{path}: key 'parallel' must be at least 1")
     return FleetConfig(path=path.resolve(), servers=servers,
-                       ssh=SshConfig(known_hosts, identity, timeout), parallel=parallel)
+                       ssh=SshConfig(known_hosts, identity, timeout), parallel=parallel,
+                       timeouts=_timeouts(path, top.get("timeouts", {})))
+
+
+def _timeouts(path: Path, raw: dict) -> Timeouts:
+    for key, value in raw.items():
+        if isinstance(value, bool) or not 0 < value <= MAX_TIMEOUT:
+            raise BadInput(f"{path}: key 'timeouts.{key}' must be seconds between 0 and {MAX_TIMEOUT:.0f}, "
+                           f"got {value!r}")
+    return Timeouts(**{key: float(value) for key, value in raw.items()})
 
 
 def _server(path: Path, index: int, item: Any, default_deployer: str) -> Server:

@@ -77,12 +77,17 @@ class Gate:
         self._events = events or sys.stdout
         self._others_started = False  # after "migrated" the other servers run the new code too
         self._others_back = False  # the orchestrator's "abort"/"revert" comes to this server last
+        self.failure = ""  # why this activation failed, for the orchestrator while it holds the schema
 
     def tell(self, event: str, **fields) -> None:
         self._events.write(EVENT + json.dumps({"event": event, **fields}) + "\n")
         self._events.flush()
         if event == "migrated":
             self._others_started = True
+
+    def step_started(self, name: str) -> None:
+        """Where this server is, so that an orchestrator's deadline can name the step."""
+        self.tell("step", name=name)
 
     def wait(self, event: str, proceed: str, **fields) -> None:
         """Say `event`, then wait for `proceed`; anything else calls the activation off."""
@@ -98,7 +103,9 @@ class Gate:
         if told == proceed:
             return
         self._others_back = True
-        raise Overruled(str(word.get("reason") or f"the orchestrator said {told!r}"), history.FAILED_SMOKE)
+        # Another server's failure marks the release failed here too; an interrupted orchestrator does not.
+        result = history.FAILED if word.get("result") == history.FAILED else history.FAILED_SMOKE
+        raise Overruled(str(word.get("reason") or f"the orchestrator said {told!r}"), result)
 
     def wait_for_schema_turn(self, note: Callable[[str], None]) -> None:
         """Before the migrations server puts the schema back: wait until no other server runs
@@ -106,7 +113,7 @@ class Gate:
         themselves back on their own; give them put_back_timeout seconds, then go on."""
         if not self._others_started or self._others_back:
             return
-        self.tell("schema-hold")
+        self.tell("schema-hold", reason=self.failure)
         line = self._words.readline(self.put_back_timeout)
         if line is None:
             note(f"no word from the orchestrator within {self.put_back_timeout:g}s; putting the schema back")

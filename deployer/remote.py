@@ -25,7 +25,7 @@ from deployer.errors import BadInput, DeployError, LockHeld, OperationFailed, on
 from deployer.fleet import FleetConfig, Server
 from deployer.proc import tail
 
-COMMAND_TIMEOUT = 3600.0
+COMMAND_TIMEOUT = 600.0  # fleet.Timeouts.command
 _VERSION = re.compile(r"deployer, version (\S+)")
 
 
@@ -46,19 +46,23 @@ class Result:
 class Connection:
     """One server, reached over SSH (or locally for `ssh: local`). Open it with `connect`."""
 
-    def __init__(self, server: Server, ssh: asyncssh.SSHClientConnection | None) -> None:
+    def __init__(self, server: Server, ssh: asyncssh.SSHClientConnection | None,
+                 command_timeout: float = COMMAND_TIMEOUT) -> None:
         self.server = server
         self._ssh = ssh
+        self.command_timeout = command_timeout  # timeouts.command: version, status, list, prune
+        self.lock: HeldLock | None = None  # taken by lock_all
 
-    async def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> Result:
+    async def run(self, argv: list[str], timeout: float | None = None) -> Result:
+        timeout = timeout or self.command_timeout
         try:
             if self._ssh is None:
                 return await _run_local(argv, timeout)
             done = await self._ssh.run(shlex.join(argv), check=False, timeout=timeout, stdin=asyncssh.DEVNULL)
             status = done.exit_status if done.exit_status is not None else 255
             return Result(argv, status, _text(done.stdout), _text(done.stderr))
-        except asyncssh.TimeoutError as exc:
-            raise OperationFailed(f"{self.server.name}: `deployer {command_of(argv)}` timed out after {timeout:.0f}s") from exc
+        except (asyncssh.TimeoutError, asyncio.TimeoutError) as exc:
+            raise OperationFailed(f"{self.server.name}: `deployer {command_of(argv)}` timed out after {timeout:g}s") from exc
         except (asyncssh.Error, OSError) as exc:
             raise OperationFailed(f"{self.server.name}: connection lost while running `deployer {command_of(argv)}`: {_why(exc)}") from exc
 
@@ -85,27 +89,46 @@ class Connection:
             raise OperationFailed(f"{self.server.name}: cannot start `deployer {command_of(argv)}`: {_why(exc)}") from exc
         return Process(raw)
 
-    async def run_streaming(self, argv: list[str], show: Callable[[str], Any]) -> Result:
+    async def run_streaming(self, argv: list[str], show: Callable[[str], Any], timeout: float) -> Result:
         """Run a command, handing its stderr lines to `show` as they come (live progress)."""
         proc = await self.start(argv)
         lines: list[str] = []
         pump = asyncio.ensure_future(proc.pump_stderr(lambda line: (lines.append(line), show(line))))
-        out = await proc.read("stdout")
-        status = await proc.wait()
-        await pump
+        try:
+            out = await asyncio.wait_for(proc.read("stdout"), timeout)
+            status = await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            proc.close_stdin()
+            pump.cancel()
+            last = f" (its last line: {shown(lines[-1].strip())})" if lines else ""
+            raise OperationFailed(f"{self.server.name}: `deployer {command_of(argv)}` gave no answer "
+                                  f"within {timeout:g}s{last}") from None
+        await settled(pump)
         return Result(argv, status, out, "\n".join(lines))
 
-    async def hold_lock(self, token: str) -> "HeldLock":
+    async def hold_lock(self, token: str, timeout: float) -> "HeldLock":
         """Take this server's deploy lock for the orchestrator: a remote `hold-lock` process that
         keeps it while we keep writing to it, so the lock goes when this connection goes."""
         argv = hold_lock_argv(self.server, token)
         proc = await self.start(argv)
-        first = await proc.readline("stdout")
+        try:
+            first = await asyncio.wait_for(proc.readline("stdout"), timeout)
+        except asyncio.TimeoutError:
+            proc.close_stdin()
+            raise LockHeld(f"{self.server.name}: its lock was not taken within {timeout:g}s",
+                           hint="nothing was changed; `deployer status` shows who holds it") from None
         held = HeldLock(self.server, proc)
         if first.strip().startswith('{"locked": true'):
+            self.lock = held
             return held
         status, err = await held.release()
         raise remote_failure(self.server, Result(argv, status, first, err))
+
+    async def let_go(self) -> None:
+        """Release this server's lock now: a command of ours that has gone silent there is
+        stopped by its server (deployer/lock.py) and puts back what it changed."""
+        if self.lock is not None:
+            await self.lock.release()
 
     async def close(self) -> None:
         if self._ssh is not None:
@@ -167,6 +190,7 @@ class Process:
 
 
 HEARTBEAT = 2.0  # seconds between the orchestrator's heartbeats to a held lock (see `hold-lock`)
+RELEASE_TIMEOUT = 30.0  # a released lock's process ends at once; past this, the connection's close ends it
 
 
 class HeldLock:
@@ -177,16 +201,35 @@ class HeldLock:
         self.server = server
         self._proc = proc
         self._beat = asyncio.ensure_future(self._heartbeat())
+        self._released: asyncio.Future | None = None
 
     async def _heartbeat(self) -> None:
         while self._proc.write("\n"):
             await asyncio.sleep(HEARTBEAT)
 
-    async def release(self) -> tuple[int, str]:
+    async def release(self, timeout: float = RELEASE_TIMEOUT) -> tuple[int, str]:
+        """Stop the heartbeat and close its stdin; the server lets the lock go. Once only."""
+        if self._released is None:
+            self._released = asyncio.ensure_future(self._release(timeout))
+        return await asyncio.shield(self._released)
+
+    async def _release(self, timeout: float) -> tuple[int, str]:
         self._beat.cancel()
         self._proc.close_stdin()
-        err = await self._proc.read("stderr")
-        return await self._proc.wait(), err
+        try:
+            err = await asyncio.wait_for(self._proc.read("stderr"), timeout)
+            return await asyncio.wait_for(self._proc.wait(), timeout), err
+        except asyncio.TimeoutError:
+            return 255, f"{self.server.name}: its lock did not answer within {timeout:g}s of its release"
+
+
+async def settled(task: asyncio.Future, timeout: float = 5.0) -> None:
+    """Wait a little for a helper task that ends with the process (a stderr pump): a grandchild
+    that kept the stream open must not hold the orchestrator."""
+    try:
+        await asyncio.wait_for(task, timeout)
+    except asyncio.TimeoutError:
+        pass
 
 
 def _text(value: Any) -> str:
@@ -236,9 +279,9 @@ async def connect(fleet: FleetConfig, server: Server) -> Connection:
     then the remote deployer's version checked against ours. Unknown or changed host key, a
     refused login or another version is exit 2; an unreachable server is exit 1."""
     if server.local:
-        connection = Connection(server, None)
+        connection = Connection(server, None, fleet.timeouts.command)
     else:
-        connection = Connection(server, await _open_ssh(fleet, server))
+        connection = Connection(server, await _open_ssh(fleet, server), fleet.timeouts.command)
     try:
         await check_version(connection)
     except BaseException:
@@ -345,14 +388,14 @@ async def close_all(connections: list[Connection]) -> None:
         await connection.close()
 
 
-async def lock_all(connections: list[Connection], token: str) -> list[HeldLock]:
+async def lock_all(connections: list[Connection], token: str, timeout: float) -> list[HeldLock]:
     """Every server's deploy lock, taken one by one in the config's order (two orchestrators
     can never each hold half). A lock held anywhere releases the ones taken: exit 3 naming the
     server and its holder."""
     held: list[HeldLock] = []
     try:
         for connection in connections:
-            held.append(await connection.hold_lock(token))
+            held.append(await connection.hold_lock(token, timeout))
     except BaseException:
         await release_all(held)
         raise
@@ -366,7 +409,7 @@ async def locked(fleet: FleetConfig) -> AsyncIterator[tuple[list[Connection], st
     token = secrets.token_hex(16)
     connections = await connect_all(fleet)
     try:
-        held = await lock_all(connections, token)
+        held = await lock_all(connections, token, fleet.timeouts.lock)
         try:
             yield connections, token
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from deployer.errors import DeployError
 
@@ -20,10 +20,13 @@ class Progress:
         self.number = 0
         self.durations: dict[str, float] = {}
         self.notes: list[str] = []
+        self.listeners: list[Callable[[str], None]] = []  # told each step's name as it starts
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         self.number += 1
+        for listener in self.listeners:
+            listener(name)
         label = f"[{self.number}/{self.total}] {name} "
         print(label.ljust(DOTS_TO, "."), end=" ", file=sys.stderr, flush=True)
         started = time.monotonic()

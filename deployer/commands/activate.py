@@ -104,6 +104,8 @@ def go_live(
     stage = SCHEMA
     plan = None
     colours: Colours | None = None
+    if gate is not None:
+        progress.listeners.append(gate.step_started)
 
     def record_live() -> None:
         with progress.step("record history"):
@@ -159,6 +161,8 @@ def go_live(
             record_live()
     except BaseException as exc:
         failure = as_failure(exc)
+        if gate is not None:
+            gate.failure = failure.message
         record = {"action": action, "backup": _backup_of(plan), "deploy_id": deploy_id,
                   "seconds": round(time.monotonic() - started, 2), "steps": dict(progress.durations)}
         with signals.shielded():
@@ -178,7 +182,7 @@ def go_live(
         if gate is not None:
             _record_committed(record_live, sha)
         if colours is not None:
-            _leave_standby_or_warn(config, paths, colours, progress, gate)
+            _leave_standby_or_warn(config, paths, colours, gate)
     # The release is live and recorded: a failing after_live/after_rollback command is a warning
     # (docs/design.md §15); switching back would take down a release that passed its smoke test.
     hooks.run(config, hooks.after_live_point(action), paths.release(sha), sha=sha, previous=previous,
@@ -198,12 +202,11 @@ def _record_committed(record_live, sha: str) -> None:
         ) from exc
 
 
-def _leave_standby_or_warn(config: Config, paths: Paths, colours: "Colours", progress: Progress,
-                           gate: Gate | None) -> None:
+def _leave_standby_or_warn(config: Config, paths: Paths, colours: "Colours", gate: Gate | None) -> None:
     """Leaving the standby comes after the release is live and recorded: a failure there is a
     warning (exit 0), never a switch-back."""
     try:
-        _leave_standby(config, paths, colours, progress)
+        _leave_standby(config, paths, colours)
     except BaseException as exc:
         warning = (f"the old colour {colours.old} was not stopped or recorded as the standby: "
                    f"{as_failure(exc).message}; `deployer expire-standby` or the next deploy stops it")
@@ -328,7 +331,7 @@ def _prepare_standby(config: Config, paths: Paths, progress: Progress, sha: str,
     return Colours(new, live, old_link)
 
 
-def _leave_standby(config: Config, paths: Paths, colours: Colours, progress: Progress) -> None:
+def _leave_standby(config: Config, paths: Paths, colours: Colours) -> None:
     """Step 5: the old colour stays up as a warm standby for service.standby_seconds (0: stopped now)."""
     seconds = config.service.standby_seconds
     old_sha = standby.slot_sha(paths, colours.old) if colours.old else None
@@ -338,10 +341,10 @@ def _leave_standby(config: Config, paths: Paths, colours: Colours, progress: Pro
     if seconds <= 0:
         standby.clear_standby(paths)
         standby.stop(config, colours.old)
-        progress.note(f"stopped {colours.old} (service.standby_seconds is 0)")
+        say(f"    stopped {colours.old} (service.standby_seconds is 0)")
         return
     standby.write_standby(paths, colours.old, old_sha, seconds)
-    progress.note(f"{colours.old} keeps running {old_sha[:12]} as a warm standby for {seconds:.0f}s")
+    say(f"    {colours.old} keeps running {old_sha[:12]} as a warm standby for {seconds:.0f}s")
 
 
 def _colours_now(config: Config, paths: Paths, sha: str) -> Colours:

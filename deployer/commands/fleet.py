@@ -152,11 +152,13 @@ def say_as(name: str, text: str) -> None:
         print(f"[{name}] {line}" if line else "", file=sys.stderr, flush=True)
 
 
-async def _release_on(connection: Connection, ref: str, token: str, gate: asyncio.Semaphore) -> Outcome:
+async def _release_on(connection: Connection, ref: str, token: str, gate: asyncio.Semaphore,
+                      timeout: float) -> Outcome:
     async with gate:
         try:
             result = await connection.run_streaming(release_argv(connection.server, ref, token),
-                                                    lambda line: say_as(connection.server.name, line))
+                                                    lambda line: say_as(connection.server.name, line),
+                                                    timeout)
         except DeployError as exc:
             return Outcome(connection.server, error=exc)
     if not result.ok:  # its last step lines come with the error, as `    | ` lines
@@ -167,7 +169,7 @@ async def _release_on(connection: Connection, ref: str, token: str, gate: asynci
 
 async def _build_everywhere(fleet: FleetConfig, connections: list[Connection], ref: str, token: str) -> str:
     gate = asyncio.Semaphore(fleet.parallel)
-    outcomes = await asyncio.gather(*(_release_on(c, ref, token, gate) for c in connections))
+    outcomes = await asyncio.gather(*(_release_on(c, ref, token, gate, fleet.timeouts.build) for c in connections))
     _raise_build_failure(outcomes)
     authority = fleet.migrations_server.name
     sha = next(outcome.value for outcome in outcomes if outcome.server.name == authority)

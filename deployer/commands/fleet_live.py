@@ -24,19 +24,24 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from secrets import token_hex
-from typing import Callable
+from typing import Any, Callable, Coroutine, TypeVar
 
+from deployer import history
 from deployer.argv import (
     activate_argv, list_argv, orchestrated, rollback_argv, rollback_argv_tail,
 )
 from deployer.commands.fleet import build_everywhere, plan_of, same_release, say_as, status_of
 from deployer.errors import BadInput, DeployError, OperationFailed
-from deployer.fleet import FleetConfig, Server
+from deployer.fleet import FleetConfig, Server, Timeouts
 from deployer.gate import EVENT
-from deployer.remote import Connection, Process, Result, locked, remote_failure
+from deployer.signals import STOPPING
+from deployer.remote import Connection, Process, Result, locked, remote_failure, settled
 
 ArgvOf = Callable[[Server], list[str]]
-PAST_BARRIERS = ("already-live", "ended", "done")
+T = TypeVar("T")
+DONE, ENDED = "done", "ended"
+HOLDING = "holding"  # the migrations server failed and waits to put its schema back (deployer/gate.py)
+PAST_BARRIERS = ("already-live", ENDED, DONE)
 
 
 @dataclass
@@ -48,8 +53,13 @@ class Run:
     argv: list[str]
     owns_schema: bool
     state: str = "started"  # migrated, prepared, live, then done; or already-live, or ended (failed)
-    event: dict = field(default_factory=dict)  # the last event it told
+    event: dict = field(default_factory=dict)  # the last barrier event it told
+    step: str = ""  # the step it last started
     error: DeployError | None = None
+    silent: bool = False  # no answer within its phase's deadline
+    others_back: bool = False  # every other server is back: its schema may move (§13)
+    committed: bool = False  # told to keep the release: nothing switches it back now
+    warnings: list[str] = field(default_factory=list)
     lines: deque = field(default_factory=lambda: deque(maxlen=40))
     pump: asyncio.Future | None = None
 
@@ -57,8 +67,9 @@ class Run:
     def name(self) -> str:
         return self.connection.server.name
 
-    def tell(self, word: str, reason: str = "") -> None:
-        self.proc.write(json.dumps({"do": word, "reason": reason}) + "\n")
+    def tell(self, word: str, reason: str = "", result: str = "") -> None:
+        """A word at its barrier; a call-off says what its history records (deployer/gate.py)."""
+        self.proc.write(json.dumps({"do": word, "reason": reason, **({"result": result} if result else {})}) + "\n")
 
 
 def new_deploy_id() -> str:
@@ -70,9 +81,8 @@ def deploy(fleet: FleetConfig, ref: str) -> str:
         async with locked(fleet) as (connections, token):
             sha = await build_everywhere(fleet, connections, ref, token)
             say_as("all", "")
-            await switch_everywhere(fleet, connections, token, lambda server: activate_argv(server, sha))
-            return sha
-    return _finish(fleet, asyncio.run(run()))
+            return sha, await switch_everywhere(fleet, connections, token, lambda server: activate_argv(server, sha))
+    return _finish(fleet, *run_interruptible(run()))
 
 
 def activate(fleet: FleetConfig, sha_or_prefix: str) -> str:
@@ -80,9 +90,8 @@ def activate(fleet: FleetConfig, sha_or_prefix: str) -> str:
         async with locked(fleet) as (connections, token):
             sha = await _resolve(fleet, connections, sha_or_prefix)
             await same_release(connections, sha)
-            await switch_everywhere(fleet, connections, token, lambda server: activate_argv(server, sha))
-            return sha
-    return _finish(fleet, asyncio.run(run()))
+            return sha, await switch_everywhere(fleet, connections, token, lambda server: activate_argv(server, sha))
+    return _finish(fleet, *run_interruptible(run()))
 
 
 def rollback(fleet: FleetConfig, to: str | None, migrate: bool, force: bool) -> str:
@@ -90,14 +99,41 @@ def rollback(fleet: FleetConfig, to: str | None, migrate: bool, force: bool) -> 
         async with locked(fleet) as (connections, token):
             target = await _rollback_target(connections, to, migrate, force)
             await same_release(connections, target)
-            await switch_everywhere(fleet, connections, token,
-                                    lambda server: rollback_argv(server, target, migrate, force))
-            return target
-    return _finish(fleet, asyncio.run(run()))
+            return target, await switch_everywhere(fleet, connections, token,
+                                                   lambda server: rollback_argv(server, target, migrate, force))
+    return _finish(fleet, *run_interruptible(run()))
 
 
-def _finish(fleet: FleetConfig, sha: str) -> str:
-    say_as("all", f"{sha[:12]} is live on {len(fleet.servers)} server(s)")
+def run_interruptible(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, where the first Ctrl-C, SIGTERM or SIGHUP cancels the work, which then puts
+    every server back (its put-back is not cut short: later signals are ignored). Cancelled
+    before anything changed: exit 130, as on one server."""
+    async def main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        stopping: list[int] = []
+
+        def stop(signum: int) -> None:
+            if not stopping:
+                stopping.append(signum)
+                task.cancel()
+        for signum in STOPPING:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if stopping:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            for signum in STOPPING:
+                loop.remove_signal_handler(signum)
+    return asyncio.run(main())
+
+
+def _finish(fleet: FleetConfig, sha: str, warnings: list[str]) -> str:
+    said = f"; {len(warnings)} warning(s): " + "; ".join(warnings) if warnings else ""
+    say_as("all", f"{sha[:12]} is live on {len(fleet.servers)} server(s){said}")
     print(sha)
     return sha
 
@@ -142,11 +178,13 @@ async def _current_of(connection: Connection) -> str | None:
     return (await status_of(connection)).get("current")
 
 
-async def switch_everywhere(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf) -> None:
+async def switch_everywhere(fleet: FleetConfig, connections: list[Connection], token: str,
+                            argv_of: ArgvOf) -> list[str]:
     """Phases 4-7: migrate once, prepare all, go live (all at once or in batches), commit all;
-    any failure calls off every other server, says where each one is now, and raises."""
+    any failure calls off every other server, says where each one is now, and raises. Returns
+    the warnings servers gave after commit (the release stays live)."""
     try:
-        await _switch(fleet, connections, token, argv_of)
+        return await _switch(fleet, connections, token, argv_of)
     except DeployError:
         await _where_now(connections)
         raise
@@ -166,37 +204,57 @@ async def _where_now(connections: list[Connection]) -> None:
          "SERVERS DISAGREE: run `deployer status`; the next deploy, activate or rollback brings them to one release")
 
 
-async def _switch(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf) -> None:
+async def _switch(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf) -> list[str]:
     deploy_id = new_deploy_id()
     say_as("all", f"deploy id {deploy_id}")
+    timeouts = fleet.timeouts
     first = next(c for c in connections if c.server.name == fleet.migrations_server.name)
     others = [c for c in connections if c is not first]
+    batch_size = fleet.parallel
+    barrier = timeouts.barrier(batches=-(-len(connections) // batch_size))
 
     def start(connection: Connection, owns_schema: bool):
-        argv = orchestrated(argv_of(connection.server), token, deploy_id, owns_schema)
+        argv = orchestrated(argv_of(connection.server), token, deploy_id, owns_schema,
+                            barrier_timeout=barrier, put_back_timeout=timeouts.put_back + 60)
         return _start(connection, argv, owns_schema)
 
-    lead = await start(first, True)
-    if await _advance(lead, "migrated") == "ended":
-        raise _failure_of(lead, "nothing live was changed on any server")
-    runs = [lead] + list(await asyncio.gather(*(start(c, False) for c in others)))
-    runs.sort(key=lambda run: [c.server.name for c in connections].index(run.name))
-    await asyncio.gather(*(_advance(run, "prepared") for run in runs))
-    await _stop_if_failed(runs)
+    runs: list[Run] = []
+    try:
+        lead = await start(first, True)
+        runs.append(lead)
+        if await _advance(lead, "migrated", timeouts.migrate) == ENDED:
+            await _settle(lead, timeouts.put_back)
+            raise _failure_of(lead, "nothing live was changed on any server")
+        runs += await asyncio.gather(*(start(c, False) for c in others))
+        runs.sort(key=lambda run: [c.server.name for c in connections].index(run.name))
+        return await _go_live_together(runs, timeouts, batch_size)
+    except asyncio.CancelledError:  # Ctrl-C, SIGTERM or SIGHUP to the orchestrator (run_interruptible)
+        await _call_off(runs, "the orchestrator was interrupted", timeouts, result=history.FAILED)
+        if runs and all(run.committed for run in runs if run.state != "already-live"):
+            say_as("all", "interrupted after every server had the word to keep the release")
+            return [f"{run.name}: {warning}" for run in runs for warning in run.warnings]
+        raise OperationFailed("interrupted", hint=_outcomes(runs, None) or "nothing live was changed") from None
+
+
+async def _go_live_together(runs: list[Run], timeouts: Timeouts, batch_size: int) -> list[str]:
+    await asyncio.gather(*(_advance(run, "prepared", timeouts.prepare) for run in runs))
+    await _stop_if_failed(runs, timeouts)
     ready = [run for run in runs if run.state == "prepared"]
     standby = all(run.event.get("standby") for run in ready)  # then they all flip at once
-    batches = [ready] if standby else [ready[i:i + fleet.parallel] for i in range(0, len(ready), fleet.parallel)]
+    batches = [ready] if standby else [ready[i:i + batch_size] for i in range(0, len(ready), batch_size)]
     for batch in batches:
         for run in batch:
             run.tell("go")
-        await asyncio.gather(*(_advance(run, "live") for run in batch))
-        await _stop_if_failed(runs)
+        await asyncio.gather(*(_advance(run, "live", timeouts.live) for run in batch))
+        await _stop_if_failed(runs, timeouts)
     for run in ready:
         run.tell("commit")
-    await asyncio.gather(*(_advance(run, "done") for run in ready))
-    failed = [run for run in ready if run.state != "done"]
-    if failed:  # after every server went live: only recording can fail here
-        raise _failure_of(failed[0], "every server went live; check `deployer status`")
+        run.committed = True
+    await asyncio.gather(*(_advance(run, DONE, timeouts.commit) for run in ready))
+    failed = [run for run in ready if run.state != DONE]
+    if failed:  # after every server went live: only recording can fail here, and nothing switches back
+        raise _failure_of(failed[0], "every server went live and keeps the release; check `deployer status`")
+    return [f"{run.name}: {warning}" for run in ready for warning in run.warnings]
 
 
 async def _start(connection: Connection, argv: list[str], owns_schema: bool) -> Run:
@@ -205,56 +263,128 @@ async def _start(connection: Connection, argv: list[str], owns_schema: bool) -> 
     return run
 
 
-async def _advance(run: Run, wanted: str) -> str:
-    """Follow the server's events until `wanted`, or until it is past every barrier."""
-    if run.state in PAST_BARRIERS:
+async def _advance(run: Run, wanted: str, timeout: float) -> str:
+    """Follow the server's events until `wanted`, or until it is past every barrier; a server
+    silent past `timeout` has failed (its lock is released, which stops it there)."""
+    if run.state in PAST_BARRIERS or run.state == HOLDING:
         return run.state
+    try:
+        return await asyncio.wait_for(_follow(run, wanted), timeout)
+    except asyncio.TimeoutError:
+        await _silenced(run, timeout)
+        return run.state
+
+
+async def _follow(run: Run, wanted: str) -> str:
     while True:
         line = await run.proc.readline("stdout")
         if not line:
             return await _ended(run)
-        if line.startswith(EVENT):
-            try:
-                run.event = json.loads(line[len(EVENT):])
-                run.state = run.event["event"]
-            except (ValueError, KeyError, TypeError):
+        event = _event_of(line)
+        if event is None:
+            continue
+        name = event["event"]
+        if name == "step":  # where it is, for a deadline's message
+            run.step = str(event.get("name", ""))
+            continue
+        if name == "warning":  # after commit: reported, the release stays live
+            run.warnings.append(str(event.get("message", "")))
+            continue
+        run.event, run.state = event, name
+        if name == "schema-hold":
+            if run.others_back:  # the others are back already: its schema may move
+                run.tell("restore-schema")
                 continue
-            if run.state == "already-live":
-                await _ended(run)
-                run.state = "already-live"
-                return run.state
-            if run.state == wanted:
-                return run.state
+            run.state = HOLDING
+            return run.state
+        if name == "already-live":
+            await _ended(run)
+            run.state = name
+            return run.state
+        if name == wanted:
+            return run.state
+
+
+def _event_of(line: str) -> dict | None:
+    if not line.startswith(EVENT):
+        return None
+    try:
+        event = json.loads(line[len(EVENT):])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
 
 
 async def _ended(run: Run) -> str:
     status = await run.proc.wait()
     if run.pump is not None:
-        await run.pump
-    if status == 0:
-        run.state = "done"
+        await settled(run.pump)
+    said = remote_failure(run.connection.server, Result(run.argv, status, "", "\n".join(run.lines)))
+    if run.error is not None:  # it had gone silent: what it said once stopped is where it is now
+        run.error.hint = said.hint if status != 0 and said.hint else run.error.hint
+    elif status == 0:
+        run.state = DONE
         return run.state
-    run.state = "ended"
-    run.error = remote_failure(run.connection.server, Result(run.argv, status, "", "\n".join(run.lines)))
+    else:
+        run.error = said
+    run.state = ENDED
     return run.state
 
 
-async def _stop_if_failed(runs: list[Run]) -> None:
-    failed = [run for run in runs if run.state == "ended"]
+async def _silenced(run: Run, timeout: float) -> None:
+    where = f"in step '{run.step}'" if run.step else f"after '{run.event.get('event', 'start')}'"
+    run.error = OperationFailed(f"{run.name}: no answer within {timeout:g}s {where}",
+                                hint="its lock was released, which stops it there; check `deployer status`")
+    run.state = ENDED
+    run.silent = True
+    await run.connection.let_go()
+
+
+async def _settle(run: Run, timeout: float) -> None:
+    """Give a failed server time to finish putting itself back (its schema may move at once)."""
+    run.others_back = True
+    if not run.silent and run.state != HOLDING:
+        return
+    if run.state == HOLDING:
+        run.tell("restore-schema")
+    run.state = "settling"
+    try:
+        await asyncio.wait_for(_follow(run, DONE), timeout)
+    except asyncio.TimeoutError:
+        run.error.hint = f"it did not finish putting itself back within {timeout:g}s; check `deployer status`"
+    run.state = ENDED
+
+
+async def _stop_if_failed(runs: list[Run], timeouts: Timeouts) -> None:
+    failed = [run for run in runs if run.state in (ENDED, HOLDING)]
     if not failed:
         return
     culprit = failed[0]
-    reason = f"{culprit.name} failed: {culprit.error.message if culprit.error else 'unknown'}"
-    # The servers that run no new code first, the migrations server (which puts the schema back) last.
-    waiting = [run for run in runs if run.state not in PAST_BARRIERS]
-    for group in ([run for run in waiting if not run.owns_schema], [run for run in waiting if run.owns_schema]):
-        for run in group:
-            run.tell("revert" if run.state == "live" else "abort", reason)
-        await asyncio.gather(*(_advance(run, "done") for run in group))
+    await _call_off(runs, f"{culprit.name} failed: {_why(culprit)}", timeouts)
     raise _failure_of(culprit, _outcomes(runs, culprit))
 
 
-def _outcomes(runs: list[Run], culprit: Run) -> str:
+async def _call_off(runs: list[Run], reason: str, timeouts: Timeouts, result: str = history.FAILED_SMOKE) -> None:
+    """Every server still at a barrier puts back: those that run no new code first, the
+    migrations server (which puts the schema back) last; then a failed migrations server that
+    holds its schema lets it move."""
+    waiting = [run for run in runs if run.state not in PAST_BARRIERS and run.state != HOLDING]
+    await asyncio.gather(*(_advance(run, DONE, timeouts.commit) for run in waiting if run.committed))
+    waiting = [run for run in waiting if not run.committed]
+    for group in ([run for run in waiting if not run.owns_schema], [run for run in waiting if run.owns_schema]):
+        for run in group:
+            run.tell("revert" if run.state == "live" else "abort", reason, result)
+        await asyncio.gather(*(_advance(run, DONE, timeouts.put_back) for run in group))
+    await asyncio.gather(*(_settle(run, timeouts.put_back) for run in runs if run.state in (ENDED, HOLDING)))
+
+
+def _why(run: Run) -> str:
+    if run.error is not None:
+        return run.error.message
+    return str(run.event.get("reason") or "unknown")
+
+
+def _outcomes(runs: list[Run], culprit: Run | None) -> str:
     """Where every server ended, from its own last word."""
     parts = []
     for run in runs:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from deployer.errors import BadInput
-from deployer.fleet import is_fleet_file, load_fleet
+from deployer.fleet import TIMEOUT_KEYS, is_fleet_file, load_fleet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +118,23 @@ def test_a_bad_orchestrator_config_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("deployer: error: ") and result.stderr.count("\n") == 1
     assert "migrations" in result.stderr
+
+
+def test_every_wait_of_the_orchestrator_has_a_deadline_which_the_config_can_shorten(tmp_path):
+    defaults = load_fleet(_write(tmp_path)).timeouts
+    assert all(getattr(defaults, key) > 0 for key in TIMEOUT_KEYS)
+    fleet = load_fleet(_write(tmp_path, timeouts={"prepare": 20, "put_back": 45.5}))
+    assert (fleet.timeouts.prepare, fleet.timeouts.put_back) == (20.0, 45.5)
+    assert fleet.timeouts.live == defaults.live
+    # A server waits at its barrier for the others' slowest phases and their put-back.
+    assert fleet.timeouts.barrier(batches=2) == 20 + 2 * defaults.live + 45.5 + 60
+
+
+@pytest.mark.parametrize("value", [0, -1, 1e300, float("nan"), float("inf"), True, "10"])
+@pytest.mark.parametrize("key", ["lock", "migrate", "live", "put_back"])
+def test_a_deadline_that_is_not_a_sane_number_of_seconds_is_refused_naming_its_key(tmp_path, key, value):
+    assert f"timeouts.{key}" in _refused(_write(tmp_path, timeouts={key: value}))
+
+
+def test_an_unknown_deadline_is_refused(tmp_path):
+    assert "timeouts.smoke" in _refused(_write(tmp_path, timeouts={"smoke": 10}))
