@@ -107,11 +107,11 @@ def go_live(
     if gate is not None:
         progress.listeners.append(gate.step_started)
 
-    def record_live() -> None:
+    def record_live(warning: str | None = None) -> None:
         with progress.step("record history"):
             history.append(
                 paths, action, previous, sha, history.OK, backup=_backup_of(plan), deploy_id=deploy_id,
-                seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations),
+                seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations), warning=warning,
             )
 
     try:
@@ -179,10 +179,12 @@ def go_live(
         raise failure from exc
     # Committed: from here on nothing switches this server back (the others keep the release too).
     with signals.shielded():
-        if gate is not None:
-            _record_committed(record_live, sha)
-        if colours is not None:
-            _leave_standby_or_warn(config, paths, colours, gate)
+        if gate is None:  # recorded already: leaving the standby can only warn
+            if colours is not None:
+                _leave_standby_or_warn(config, paths, colours, gate)
+        else:  # the history line carries the warning, if any
+            warning = _leave_standby_or_warn(config, paths, colours, gate) if colours is not None else None
+            _record_committed(lambda: record_live(warning), sha)
     # The release is live and recorded: a failing after_live/after_rollback command is a warning
     # (docs/design.md §15); switching back would take down a release that passed its smoke test.
     hooks.run(config, hooks.after_live_point(action), paths.release(sha), sha=sha, previous=previous,
@@ -202,17 +204,19 @@ def _record_committed(record_live, sha: str) -> None:
         ) from exc
 
 
-def _leave_standby_or_warn(config: Config, paths: Paths, colours: "Colours", gate: Gate | None) -> None:
-    """Leaving the standby comes after the release is live and recorded: a failure there is a
-    warning (exit 0), never a switch-back."""
+def _leave_standby_or_warn(config: Config, paths: Paths, colours: "Colours", gate: Gate | None) -> str | None:
+    """Leaving the standby comes once the release is live for good: a failure there is a
+    warning (exit 0, returned for the history line), never a switch-back."""
     try:
         _leave_standby(config, paths, colours)
+        return None
     except BaseException as exc:
         warning = (f"the old colour {colours.old} was not stopped or recorded as the standby: "
                    f"{as_failure(exc).message}; `deployer expire-standby` or the next deploy stops it")
         say(f"deployer: warning: {warning}")
         if gate is not None:
             gate.tell("warning", message=warning)
+        return warning
 
 
 def _unapply_after_switch(config: Config, paths: Paths, env_values: dict[str, str], plan: schema.Plan,

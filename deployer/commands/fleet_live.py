@@ -332,7 +332,8 @@ async def _ended(run: Run) -> str:
 
 
 async def _silenced(run: Run, timeout: float) -> None:
-    where = f"in step '{run.step}'" if run.step else f"after '{run.event.get('event', 'start')}'"
+    where = (f"in step '{run.step}'" if run.step else
+             f"after '{run.event['event']}'" if run.event else "before its first step")
     run.error = OperationFailed(f"{run.name}: no answer within {timeout:g}s {where}",
                                 hint="its lock was released, which stops it there; check `deployer status`")
     run.state = ENDED

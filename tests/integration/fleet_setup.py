@@ -81,3 +81,22 @@ def orchestrator(tmp_path, sshd, deployment, second):
 
 def lock_of(d) -> dict | None:
     return json.loads(d.ok("status", "--json").stdout)["lock"]
+
+
+def orchestrated_commands_of(d) -> list[str]:
+    """Pids of commands an orchestrator started on this deploy root that still run (putting back)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(d.config_file).encode() in argv and b"--orchestrated" in argv:
+            found.append(cmdline.parent.name)
+    return found
+
+
+def settled(*deployments) -> bool:
+    """No lock held and no orchestrated command still unwinding (a lock lets go at once when the
+    orchestrator goes; the command it ran may still be putting back for seconds)."""
+    return all(lock_of(d) is None and not orchestrated_commands_of(d) for d in deployments)

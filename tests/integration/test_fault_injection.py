@@ -27,6 +27,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import sqlite3
@@ -51,7 +52,8 @@ AFTERCARE = ("treatments", "0002_treatment_aftercare")
 class Run:
     """One real `deployer` process, its stderr read as it comes, the time each step line appeared."""
 
-    def __init__(self, deployment, args: tuple[str, ...]) -> None:
+    def __init__(self, deployment, args: tuple[str, ...], close_output: tuple[str, float] | None = None) -> None:
+        """`close_output` (trigger, delay): its stderr reader goes away that long after that step line."""
         env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "DEPLOYER_DEBUG")}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -62,17 +64,35 @@ class Run:
         self.text = ""
         self.marks: dict[str, float] = {}
         self.ended: float | None = None
+        self.close_output = close_output
+        self.output_closed_at: float | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         fd = self.proc.stderr.fileno()
-        while chunk := os.read(fd, 65536):
+        while True:
+            if self._output_goes_now():
+                self.output_closed_at = time.monotonic()
+                self.proc.stderr.close()  # as a dropped SSH session or a closed terminal: writes fail
+                break
+            readable, _, _ = select.select([fd], [], [], 0.002 if self.close_output else 1.0)
+            if not readable:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
             now = time.monotonic()
             self.text += chunk.decode(errors="replace")
             for match in STEP_RE.finditer(self.text):
                 self.marks.setdefault(match.group(0).strip(), now)
         self.ended = time.monotonic()
+
+    def _output_goes_now(self) -> bool:
+        if self.close_output is None:
+            return False
+        trigger, delay = self.close_output
+        return trigger in self.marks and time.monotonic() >= self.marks[trigger] + delay
 
     def kill_at(self, trigger: str, delay: float, whole_group: bool) -> bool:
         """SIGKILL `delay` seconds after `trigger` showed up; False if the run ended first."""
@@ -526,3 +546,56 @@ def test_kill_9_at_seeded_points_never_leaves_the_site_broken(deployment, source
     print(f"{summary}\nthe fault story took {time.monotonic() - started:.0f}s", flush=True)
     assert not any(p.problems for p in story.points), summary
     assert sum(p.killed for p in story.points) >= MIN_KILLS, summary
+
+
+def test_stderr_closed_at_seeded_points_never_changes_what_a_command_does(deployment, source_repo):
+    """The output's reader goes away (an SSH session drops, a terminal closes, `| head` exits)
+    at seeded points of activate, rollback and rollback --migrate: each command carries on to
+    the outcome it has with its output read. With a failing smoke test, that outcome is the
+    previous release back, serving, and history saying so (docs/design.md §3)."""
+    print(f"\nDEPLOYER_FAULT_SEED={SEED}", flush=True)
+    story = FaultStory(deployment)
+    sha = source_repo.sha
+    visible, migration, second = (sha(ref) for ref in ("visible", "migration", "second"))
+    story.ok("deploy", "deploy", "base")
+    for ref in ("second", "visible", "migration"):
+        deployment.release(ref)
+    # Unread runs first: how long each step takes here, for the seeded points.
+    story.ok("activate", "activate", second)
+    story.ok("rollback", "rollback")
+    story.ok("activate", "activate", visible)
+    story.ok("activate-migrate", "activate", migration)
+    story.ok("rollback-migrate", "rollback", "--migrate")
+    violations: list[str] = []
+
+    def lose_output(kind: str, args: tuple[str, ...], triggers: list[str], exit_code: int, live: str) -> None:
+        trigger, delay, _ = story.choose(kind, triggers)
+        run = Run(deployment, args, close_output=(trigger, delay))
+        code = run.wait()
+        where = f"`deployer {' '.join(a[:12] for a in args)}` with stderr closed {delay:.2f}s after '{trigger}'"
+        problems = [] if run.output_closed_at else ["(it ended before its output was closed)"]
+        if code != exit_code:
+            problems.append(f"exited {code}, expected {exit_code}")
+        if deployment.current != live:
+            problems.append(f"current is {str(deployment.current)[:12]}, expected {live[:12]}")
+        served = deployment.healthz().get("release")
+        if served != live:
+            problems.append(f"the site serves {str(served)[:12]}, expected {live[:12]}")
+        if last_recorded_live(deployment.deploy_to) != live:
+            problems.append(f"history says {str(last_recorded_live(deployment.deploy_to))[:12]} is live")
+        problems += leftovers(deployment.deploy_to) + story.database_checks(live, exact=True)
+        print(f"{where}: {'; '.join(problems) or 'held'}", flush=True)
+        if [p for p in problems if not p.startswith("(")]:
+            violations.append(f"{where}: {'; '.join(problems)}")
+
+    for _ in range(3):
+        lose_output("activate", ("activate", second), ACTIVATE_STEPS, 0, second)
+        lose_output("rollback", ("rollback",), ACTIVATE_STEPS, 0, visible)
+    lose_output("activate-migrate", ("activate", migration), ACTIVATE_STEPS, 0, migration)
+    lose_output("rollback-migrate", ("rollback", "--migrate"), ROLLBACK_MIGRATE_STEPS, 0, visible)
+    deployment.write_config(smoke={"url": f"http://127.0.0.1:{deployment.port}/nowhere",
+                                   "check_static": False, "timeout": 2})
+    for _ in range(3):  # every check 404s: the put-back runs with nobody reading
+        lose_output("activate-failing", ("activate", second), ACTIVATE_STEPS, 1, visible)
+
+    assert not violations, "\n".join(violations)

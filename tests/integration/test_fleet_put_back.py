@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet_setup import lock_of, one_error_line
+from fleet_setup import lock_of, one_error_line, settled
 
 
 def _deploy_base_on_both(orchestrator) -> None:
@@ -32,9 +32,15 @@ def _on(d, sha: str) -> None:
     assert d.healthz()["release"] == sha
 
 
-def _failing_front_door(d) -> dict:
-    """A smoke test that fails through this server's front door only (after its switch)."""
+def _failing_smoke(d) -> dict:
+    """A smoke test that fails wherever it looks: on the standby's socket, before the switch."""
     return {"url": f"http://127.0.0.1:{d.port}", "check_static": False, "timeout": 3, "paths": ["/no-such-page/"]}
+
+
+def _failing_front_door(timeout: float = 3) -> dict:
+    """A smoke test that passes on the standby's socket and fails through the front door, after
+    the switch: the smoke URL names a port nothing listens on."""
+    return {"url": "http://127.0.0.1:9", "check_static": False, "timeout": timeout}
 
 
 def _set_timeouts(orchestrator, **timeouts) -> None:
@@ -50,7 +56,7 @@ def _time_of(entry: dict) -> float:
 def test_the_migrations_server_puts_the_schema_back_only_once_the_others_are_back(orchestrator, deployment, second):
     _deploy_base_on_both(orchestrator)
     base, sha = deployment.source.sha("base"), deployment.source.sha("migration")
-    deployment.write_config(smoke=_failing_front_door(deployment))  # app1, the migrations server, fails
+    deployment.write_config(smoke=_failing_front_door())  # app1, the migrations server, fails once live
 
     result = orchestrator.run("deploy", "migration")
 
@@ -68,11 +74,28 @@ def test_the_migrations_server_puts_the_schema_back_only_once_the_others_are_bac
     assert order and order[0].startswith("[app2]"), result.stderr
 
 
+def test_a_migrations_server_failing_before_the_switch_waits_for_the_others_standbys_to_stop(
+        orchestrator, deployment, second):
+    _deploy_base_on_both(orchestrator)
+    base = deployment.source.sha("base")
+    deployment.write_config(smoke=_failing_smoke(deployment))  # app1's standby fails on its socket
+
+    result = orchestrator.run("deploy", "migration")
+
+    assert result.returncode == 1, result.stderr
+    for d in (deployment, second):
+        _on(d, base)
+    lines = result.stderr.splitlines()
+    app2_done = next(i for i, line in enumerate(lines) if line.startswith("[app2] deployer: error: app1 failed"))
+    schema_moves = next(i for i, line in enumerate(lines) if re.match(r"\[app1\] .*before-restore", line))
+    assert app2_done < schema_moves, result.stderr  # app2's standby (new code) was stopped first
+
+
 def test_a_failure_after_commit_is_a_warning_and_never_switches_a_server_back(orchestrator, deployment, second):
     _deploy_base_on_both(orchestrator)
     sha = deployment.source.sha("second")
     service = second.service_config()
-    second.write_config(service={**service, "standby_seconds": 0, "stop": "false"})  # app2 cannot stop blue
+    second.write_config(service={**service, "standby_seconds": 0, "stop": "false {colour}"})  # app2 cannot stop blue
 
     result = orchestrator.run("deploy", "second")
 
@@ -81,6 +104,8 @@ def test_a_failure_after_commit_is_a_warning_and_never_switches_a_server_back(or
         _on(d, sha)
         assert d.history()[-1]["to"] == sha and d.history()[-1]["result"] == "ok"
     assert "[app2] deployer: warning: the old colour blue was not stopped" in result.stderr
+    assert second.history()[-1]["warning"].startswith("the old colour blue was not stopped")
+    assert "warning" not in deployment.history()[-1]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"[all] {sha[:12]} is live on 2 server(s); 1 warning(s): app2: the old colour blue"), last
 
@@ -100,71 +125,76 @@ def test_a_server_that_hangs_is_a_failure_at_its_deadline_and_every_server_goes_
     line = one_error_line(result)
     assert line.startswith("deployer: error: app2: no answer within 5s in step 'hook before_switch: sleep 600'"), line
     assert took < 120, f"the orchestrator waited {took:.0f}s for a server whose deadline was 5s"
-    assert wait_until(lambda: lock_of(deployment) is None and lock_of(second) is None, timeout=60)
+    assert wait_until(lambda: settled(deployment, second), timeout=60)
     _on(deployment, base)
     _on(second, base)
     assert deployment.history()[-1]["to"] == sha  # app1 was called off, its attempt recorded
     assert second.history()[-1]["to"] == base  # app2 was stopped before it changed anything
-    assert wait_until(lambda: not _orchestrated_commands_of(second), timeout=30)  # the hung one was stopped
 
 
-def _orchestrated_commands_of(d) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if str(d.config_file).encode() in argv and b"--orchestrated" in argv:
-            found.append(cmdline.parent.name)
-    return found
 
+VANISHING_ORCHESTRATOR = """
+import asyncio, json, os, sys
+from pathlib import Path
+from deployer.argv import activate_argv, orchestrated
+from deployer.fleet import load_fleet
+from deployer.gate import EVENT
+from deployer.remote import locked
 
-def _orchestrator_killed_when(orchestrator, trigger: re.Pattern, seen: int) -> str:
-    """Run `deploy second` and SIGKILL the orchestrator once `seen` lines of its stderr match."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "SSH_AUTH_SOCK")}
-    proc = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file),
-                             "activate", orchestrator.sha], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    lines, matched = [], 0
-    deadline = time.monotonic() + 300
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            matched += bool(trigger.search(line))
-            if matched >= seen or time.monotonic() > deadline:
-                break
-    finally:
-        proc.kill()
-        proc.wait()
-    assert matched >= seen, "".join(lines)
-    return "".join(lines)
+config, sha, vanish_after = sys.argv[1:]
 
+async def until(proc, wanted):
+    while True:
+        line = await proc.readline("stdout")
+        if not line:
+            sys.exit(f"a server ended before {wanted!r}")
+        if line.startswith(EVENT) and json.loads(line[len(EVENT):])["event"] == wanted:
+            return
 
-SWITCHED = re.compile(r"^\[app\d\] \[\d+/\d+\] switch current")
-FRONT_DOOR_SMOKE_OK = re.compile(r"^\[app\d\] \[\d+/\d+\] smoke test \.+ ok")
+async def main():
+    fleet = load_fleet(Path(config))
+    async with locked(fleet) as (connections, token):
+        procs = []
+        for number, connection in enumerate(connections):  # the migrations server (app1) first
+            argv = orchestrated(activate_argv(connection.server, sha), token, "20261204T120000Z-0a1b2c",
+                                number == 0, barrier_timeout=600, put_back_timeout=30)
+            procs.append(await connection.start(argv))
+            asyncio.ensure_future(procs[-1].pump_stderr(lambda line: None))
+            if number == 0:
+                await until(procs[0], "migrated")
+        for proc in procs:
+            await until(proc, "prepared")
+        for proc in procs:
+            proc.write(json.dumps({"do": "go"}) + "\\n")
+        await asyncio.sleep(0.2)  # the word is on its way
+        if vanish_after == "live":
+            for proc in procs:
+                await until(proc, "live")
+        print("vanishing", flush=True)
+        os._exit(0)  # no word, no goodbye: every pipe and connection closes with the process
+
+asyncio.run(main())
+"""
 
 
 @pytest.mark.parametrize("strategy", [pytest.param(name, marks=pytest.mark.strategy(name))
                                       for name in ("standby", "restart")])
-@pytest.mark.parametrize("when, trigger, seen", [
-    ("after go", SWITCHED, 1),            # a server has switched; the other may not have yet
-    ("after live", FRONT_DOOR_SMOKE_OK, 2),  # both switched and smoke-tested: waiting for commit
-])
-def test_an_orchestrator_that_vanishes_after_go_leaves_every_server_back_on_the_previous_release(
-        orchestrator, deployment, second, wait_until, strategy, when, trigger, seen):
+@pytest.mark.parametrize("vanish_after", ["go", "live"])
+def test_an_orchestrator_that_vanishes_after_go_or_live_leaves_every_server_back_on_the_previous_release(
+        orchestrator, deployment, second, wait_until, strategy, vanish_after):
     _deploy_base_on_both(orchestrator)
-    base, sha = deployment.source.sha("base"), deployment.source.sha("second")
-    orchestrator.sha = orchestrator.run("release", "second").stdout.strip()
-    assert orchestrator.sha == sha
+    base = deployment.source.sha("base")
+    sha = orchestrator.run("release", "second").stdout.strip()
 
-    seen_lines = _orchestrator_killed_when(orchestrator, trigger, seen)
+    gone = subprocess.run([sys.executable, "-c", VANISHING_ORCHESTRATOR, str(orchestrator.config_file), sha,
+                           vanish_after], capture_output=True, text=True, timeout=300)
 
-    assert wait_until(lambda: lock_of(deployment) is None and lock_of(second) is None, timeout=90), seen_lines
+    assert gone.stdout.strip() == "vanishing", gone.stderr
+    assert wait_until(lambda: settled(deployment, second), timeout=90)
     for d in (deployment, second):
         _on(d, base)
         entry = d.history()[-1]
-        assert (entry["to"], entry["result"]) == (sha, "failed"), entry
+        assert (entry["to"], entry["result"]) == (sha, "failed"), (d.root.name, entry)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -172,7 +202,7 @@ def test_an_operator_interrupting_the_orchestrator_during_a_failing_smoke_test_g
         orchestrator, deployment, second, signum):
     _deploy_base_on_both(orchestrator)
     base, sha = deployment.source.sha("base"), deployment.source.sha("second")
-    second.write_config(smoke={**_failing_front_door(second), "timeout": 8})  # app2 fails, slowly
+    second.write_config(smoke=_failing_front_door(timeout=8))  # app2 fails once live, slowly
     env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "SSH_AUTH_SOCK")}
     proc = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file),
                              "deploy", "second"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
