@@ -31,7 +31,7 @@ from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
 from deployer.argv import rollback_argv_tail
-from deployer.fleet import MAX_TIMEOUT, FleetConfig, is_fleet_file, load_fleet
+from deployer.fleet import MAX_BARRIER, FleetConfig, is_fleet_file, load_fleet
 from deployer.gate import BARRIER_TIMEOUT, PUT_BACK_TIMEOUT, Gate
 from deployer.lock import deploy_lock, held_lock
 from deployer.paths import Paths
@@ -245,7 +245,7 @@ def orchestrated_options(command):
     reach the command as its `**orchestration` keywords, which go to `_gate` as they are."""
     command = click.option("--schema-elsewhere", is_flag=True, hidden=True)(command)
     for name, default in (("--barrier-timeout", BARRIER_TIMEOUT), ("--put-back-timeout", PUT_BACK_TIMEOUT)):
-        command = click.option(name, type=click.FloatRange(0, MAX_TIMEOUT, min_open=True), default=default,
+        command = click.option(name, type=click.FloatRange(0, MAX_BARRIER, min_open=True), default=default,
                                hidden=True)(command)
     return click.option("--orchestrated", "deploy_id", metavar="DEPLOY_ID", hidden=True)(command)
 

@@ -33,11 +33,28 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+MINUTE = 60.0
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """The schema kind of every duration key (docs/design.md §4): a finite number of seconds,
+    more than 0 (or 0 and more when `zero_means` says what 0 does), at most `most`. A bound that
+    is checked here is one a deploy never trips over later (an OverflowError, a wait that never
+    ends)."""
+
+    most: float
+    zero_means: str | None = None
+
+
 @dataclass(frozen=True)
 class DjangoConfig:
     project_dir: str
     settings: str
     requirements: str
+    migrate_timeout: float = HOUR  # each migrate (or unapply) command; past it, it fails like any failed migrate
 
 
 STRATEGIES = ("restart", "standby")
@@ -152,12 +169,17 @@ class Config:
 
 
 # key -> (type, required). Nested sections map to their own schema dicts.
-_DJANGO = {"project_dir": (str, True), "settings": (str, True), "requirements": (str, True)}
+_DJANGO = {
+    "project_dir": (str, True),
+    "settings": (str, True),
+    "requirements": (str, True),
+    "migrate_timeout": (Seconds(most=DAY), False),
+}
 _SERVICE = {
     "strategy": (str, False),
     "restart": (str, False),
     "is_active": (str, False),
-    "standby_seconds": ((int, float), False),
+    "standby_seconds": (Seconds(most=DAY, zero_means="stop the old colour at once"), False),
     "start": (str, False),
     "stop": (str, False),
     "socket": (str, False),
@@ -168,11 +190,11 @@ _SMOKE = {
     "resolve": (str, False),
     "cacert": (str, False),
     "check_static": (bool, False),
-    "timeout": ((int, float), False),
+    "timeout": (Seconds(most=HOUR), False),
     "paths": (list, False),
 }
-_HOOKS = {**{point: (list, False) for point in HOOK_POINTS}, "timeout": ((int, float), False)}
-_NOTIFY = {"webhook_env": (str, True), "timeout": ((int, float), False)}
+_HOOKS = {**{point: (list, False) for point in HOOK_POINTS}, "timeout": (Seconds(most=DAY), False)}
+_NOTIFY = {"webhook_env": (str, True), "timeout": (Seconds(most=5 * MINUTE), False)}
 _BACKUPS = {"keep": (int, False), "pg_dump": (str, False)}
 _TOP = {
     "app": (str, True),
@@ -289,6 +311,9 @@ def _validate(raw: Any, schema: dict, path: Path, prefix: str) -> dict:
         if isinstance(kind, dict):
             out[key] = _validate(value, kind, path, prefix=f"{name}.")
             continue
+        if isinstance(kind, Seconds):
+            out[key] = seconds(path, name, value, kind)
+            continue
         # bool is an int in Python; a YAML `true` is never a valid number here.
         if isinstance(value, bool) and kind is not bool:
             raise _fail(path, name, f"must be {_type_name(kind)}, not a boolean")
@@ -301,10 +326,37 @@ def _validate(raw: Any, schema: dict, path: Path, prefix: str) -> dict:
                 _check_text(path, name, item)
         if kind is str:
             _check_text(path, name, value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _fail(path, name, f"must be a finite number, got {value}")
         out[key] = value
     return out
+
+
+def seconds(path: Path, name: str, value: Any, kind: Seconds) -> float:
+    """The one check of a duration key's value (every `Seconds` in a schema comes here)."""
+    if isinstance(value, bool):  # a YAML `true` is an int in Python
+        raise _fail(path, name, "must be a number of seconds, not a boolean")
+    if not isinstance(value, (int, float)):
+        raise _fail(path, name, f"must be a number of seconds, got {type(value).__name__} {shown(str(value))}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(path, name, f"must be a finite number of seconds, got {value}")
+    if kind.zero_means is None and value <= 0:
+        raise _fail(path, name, f"must be more than 0 seconds, got {_number(value)}")
+    if value < 0:
+        raise _fail(path, name, f"must be 0 ({kind.zero_means}) or more seconds, got {_number(value)}")
+    if value > kind.most:  # compared before float(): an int too large for a float is refused too
+        raise _fail(path, name, f"must be at most {kind.most:g} seconds ({_span(kind.most)}), got {_number(value)}")
+    return float(value)
+
+
+def _number(value: int | float) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 20 else f"{text[:12]}... ({len(text)} characters)"
+
+
+def _span(seconds_: float) -> str:
+    for unit, size in (("h", HOUR), ("min", MINUTE)):
+        if seconds_ >= size and seconds_ % size == 0:
+            return f"{seconds_ / size:g} {unit}"
+    return f"{seconds_:g} s"
 
 
 def _check_text(path: Path, name: str, value: str) -> None:
@@ -383,14 +435,14 @@ def _build(data: dict, path: Path) -> Config:
             resolve=smoke.get("resolve"),
             cacert=resolve(smoke["cacert"]) if smoke.get("cacert") else None,
             check_static=smoke.get("check_static", True),
-            timeout=float(smoke.get("timeout", 30)),
+            timeout=smoke.get("timeout", 30.0),
             paths=tuple(smoke.get("paths", ["/"])),
         ),
         hooks=HooksConfig(
             **{point: tuple(hooks.get(point, [])) for point in HOOK_POINTS},
-            timeout=float(hooks.get("timeout", 300)),
+            timeout=hooks.get("timeout", 300.0),
         ),
-        notify=NotifyConfig(notify["webhook_env"], float(notify.get("timeout", 5))) if notify else None,
+        notify=NotifyConfig(notify["webhook_env"], notify.get("timeout", 5.0)) if notify else None,
         backups=BackupsConfig(keep=backups.get("keep", 10), pg_dump=_program(backups.get("pg_dump", "pg_dump"), resolve)),
     )
 
@@ -413,9 +465,6 @@ def _check_service(path: Path, service: dict, resolve) -> None:
     strategy = service.get("strategy", "restart")
     if strategy not in STRATEGIES:
         raise _fail(path, "service.strategy", f"must be one of {', '.join(STRATEGIES)}, got {shown(strategy)}")
-    seconds = service.get("standby_seconds", 600)
-    if seconds < 0:
-        raise _fail(path, "service.standby_seconds", "must be 0 (stop the old colour at once) or more")
     if strategy == "restart":
         if "restart" not in service:
             raise BadInput(f"{path}: missing required key 'service.restart' (service.strategy is restart)")
@@ -435,7 +484,6 @@ def _service_config(service: dict, resolve) -> ServiceConfig:
     fields = dict(service)
     if "socket" in fields:
         fields["socket"] = str(resolve(fields["socket"]))
-    fields["standby_seconds"] = float(fields.get("standby_seconds", 600))
     return ServiceConfig(**fields)
 
 
@@ -446,8 +494,6 @@ def _check_hooks(path: Path, hooks: dict) -> None:
                 split_command(command)
             except BadInput as exc:
                 raise _fail(path, f"hooks.{point}", f"has an unusable command: {exc.message}") from None
-    if hooks.get("timeout", 300) <= 0:
-        raise _fail(path, "hooks.timeout", "must be positive")
 
 
 def _check_notify(path: Path, notify: dict | None) -> None:
@@ -455,8 +501,6 @@ def _check_notify(path: Path, notify: dict | None) -> None:
         return
     if not _VARIABLE.fullmatch(notify["webhook_env"]):
         raise _fail(path, "notify.webhook_env", f"must name an env-file variable, got {shown(notify['webhook_env'])}")
-    if notify.get("timeout", 5) <= 0:
-        raise _fail(path, "notify.timeout", "must be positive")
 
 
 def _check_django(path: Path, django: dict) -> None:
@@ -501,8 +545,6 @@ def _check_smoke(path: Path, smoke: dict, resolve) -> None:
     address = smoke.get("resolve")
     if address is not None and not _is_host(address):
         raise _fail(path, "smoke.resolve", f"must be an IP address or a host name, got {shown(address)}")
-    if smoke.get("timeout", 30) <= 0:
-        raise _fail(path, "smoke.timeout", "must be positive")
     for extra in smoke.get("paths", []):
         if not extra.startswith("/") or extra.startswith("//") or any(ch.isspace() or ch == "#" for ch in extra):
             raise _fail(path, "smoke.paths", f"entries must be absolute URL paths like /treatments/, got {shown(extra)}")

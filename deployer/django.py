@@ -45,13 +45,16 @@ def environment(config: Config, env_values: dict[str, str], **extra: str) -> dic
     return clean_env({**env_values, "DJANGO_SETTINGS_MODULE": config.django.settings, **extra})
 
 
-def manage(config: Config, release: Path, env: dict[str, str], *args: str, what: str | None = None) -> str:
+def manage(config: Config, release: Path, env: dict[str, str], *args: str, what: str | None = None,
+           timeout: float | None = None) -> str:
+    """`manage.py ARGS` in the release; past `timeout` seconds it is killed and fails as timed out."""
     app_dir = release / config.django.project_dir
     return run(
         [str(release / "venv" / "bin" / "python"), "manage.py", *args],
         cwd=app_dir,
         env=env,
         what=what or f"manage.py {' '.join(args[:2])}",
+        timeout=timeout,
     )
 
 

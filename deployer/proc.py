@@ -45,7 +45,7 @@ def run(
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _give_up_on(proc)
-        raise OperationFailed(f"{label}: timed out after {timeout:.0f}s") from None
+        raise OperationFailed(f"{label}: timed out after {timeout:g}s") from None
     except BaseException:
         _give_up_on(proc)
         raise

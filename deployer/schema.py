@@ -143,9 +143,12 @@ def _code_that_knows(paths: Paths, ahead: list[migrations.Migration], candidate:
 
 
 def _run(config: Config, paths: Paths, env_values: dict[str, str], sha: str, backup: str | None, *args: str) -> None:
+    """One migrate (forwards or an unapply), bounded by django.migrate_timeout: one that runs
+    past it is killed and fails like any other failed migrate, so the put-back runs."""
     env = django.environment(config, env_values, PYTHONDONTWRITEBYTECODE="1")
     try:
-        django.manage(config, paths.release(sha), env, *args, what=" ".join(args[:3]))
+        django.manage(config, paths.release(sha), env, *args, what=" ".join(args[:3]),
+                      timeout=config.django.migrate_timeout)
     except OperationFailed as exc:
         exc.hint = f"the backup taken before it is {backup}" if backup else exc.hint
         raise

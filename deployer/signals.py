@@ -14,8 +14,16 @@ def _interrupt(signum, frame) -> None:
 
 
 def stop_like_ctrl_c() -> None:
-    """SIGTERM (systemd, CI, `kill`) and SIGHUP (a closed terminal) raise KeyboardInterrupt, so a
-    deploy stopped after its switch puts the previous release back before it exits."""
+    """SIGINT (Ctrl-C, `kill -INT`), SIGTERM (systemd, CI, `kill`) and SIGHUP (a closed terminal)
+    raise KeyboardInterrupt, so a deploy stopped after its switch puts the previous release back
+    before it exits.
+
+    SIGINT is installed too: a process started with it ignored (a background job of a
+    non-interactive shell, `cmd &` in a script) inherits SIG_IGN, and Python then installs no
+    handler of its own, so the deploy would carry on through an interrupted restart. Python's
+    own handler is the one installed, so asyncio.run (the orchestrator) still recognises it and
+    cancels its main task on Ctrl-C as it does in a terminal."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
 

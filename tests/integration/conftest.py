@@ -116,6 +116,18 @@ def _add_failing_migration(repo: Path) -> None:
              "    doomed = models.TextField(blank=True, default=\"\")\n    summary = models.CharField(")
 
 
+def _add_slow_migration(repo: Path) -> None:
+    """A data step that takes minutes (no schema change): for django.migrate_timeout."""
+    (repo / "app" / "treatments" / "migrations" / "9002_takes_minutes.py").write_text(
+        "import time\n\nfrom django.db import migrations\n\n\n"
+        "def slow(apps, schema_editor):\n"
+        "    time.sleep(120)\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('treatments', '" + _latest_migration(repo, "treatments") + "')]\n"
+        "    operations = [migrations.RunPython(slow, migrations.RunPython.noop)]\n"
+    )
+
+
 def _latest_migration(repo: Path, app: str) -> str:
     names = [p.stem for p in (repo / "app" / app / "migrations").glob("[0-9]*.py")]
     return max(names)
@@ -142,6 +154,8 @@ def source_repo(tmp_path_factory) -> SourceRepo:
     _commit_on(repo, "migration-no-boot", "migration", "A migration, and a WSGI app that cannot import",
                lambda r: _append(r / "app" / "config" / "wsgi.py", "\nraise RuntimeError('this release cannot boot')\n"))
     _commit_on(repo, "bad-migration", "base", "A migration that fails halfway", _add_failing_migration)
+    _commit_on(repo, "slow-migration", "migration", "After the aftercare migration, one that takes minutes",
+               _add_slow_migration)
     _commit_on(repo, "bad-check", "base", "Turn HSTS off (check --deploy must refuse)", lambda r: _append(
         r / "app" / "config" / "settings" / "production.py", "\nSECURE_HSTS_SECONDS = 0\n"))
     _commit_on(repo, "no-boot", "base", "A release whose WSGI app cannot import", lambda r: _append(

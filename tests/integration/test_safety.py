@@ -44,10 +44,23 @@ def read_until(stream, marker: str) -> str:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_operator_interrupting_the_restart_gets_the_previous_release_back(deployment, source_repo, signum):
+    interrupt_the_restart(deployment, source_repo, signum)
+
+
+def test_a_deployer_started_with_sigint_ignored_still_puts_the_previous_release_back(deployment, source_repo):
+    """A background job of a non-interactive shell (`deployer activate … &` in a script) starts
+    with SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own."""
+    def ignore_sigint() -> None:  # in the child, before exec: inherited the way a background job inherits it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    interrupt_the_restart(deployment, source_repo, signal.SIGINT, preexec_fn=ignore_sigint)
+
+
+def interrupt_the_restart(deployment, source_repo, signum, preexec_fn=None) -> None:
     deployment.ok("deploy", "base")
     second = deployment.release("second")
     proc = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(deployment.config_file),
-                             "activate", second], stderr=subprocess.PIPE, text=True)
+                             "activate", second], stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     seen = read_until(proc.stderr, "restart service")
     proc.send_signal(signum)
     stderr = seen + proc.stderr.read()
@@ -99,6 +112,26 @@ def test_a_switch_back_after_a_forward_migration_restores_the_schema(deployment,
     assert deployment.healthz()["release"] == source_repo.sha("visible")
     with sqlite3.connect(deployment.database) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_migrate_past_its_timeout_fails_and_the_schema_is_put_back(deployment, source_repo):
+    """django.migrate_timeout: the aftercare migration applies, the next one sleeps past the
+    timeout and is killed; that is a failed migrate like any other, so what it applied is undone."""
+    deployment.ok("deploy", "visible")
+    deployment.write_config(django={"project_dir": "app", "settings": "config.settings.production",
+                                    "requirements": "app/requirements.txt", "migrate_timeout": 15})
+    slow = deployment.release("slow-migration")
+
+    result = deployment.deployer("activate", slow)
+
+    assert result.returncode == 1, result.stderr
+    last = one_error_line(result)
+    assert "migrate --noinput: timed out after 15s" in last
+    assert f"the live release is untouched: {source_repo.sha('visible')[:12]} is still live" in last
+    assert f"the database is back on {source_repo.sha('visible')[:12]}'s migrations" in last
+    assert MIGRATION not in applied(deployment.database) and "9002_takes_minutes" not in applied(deployment.database)
+    assert deployment.current == source_repo.sha("visible")
+    assert deployment.healthz()["release"] == source_repo.sha("visible")
 
 
 def test_a_failed_rollback_with_migrate_reapplies_what_it_unapplied(deployment, source_repo):

@@ -1,6 +1,7 @@
 """releases.yml validation: every mistake is exit 2 naming the key and the file (docs/design.md §4)."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,6 @@ def test_optional_keys_may_be_left_out(tmp_path):
     (lambda d: d.update(keep_releases=True), "key 'keep_releases' must be an integer, not a boolean"),
     (lambda d: d.update(keep_releases=0), "key 'keep_releases' must be at least 1"),
     (lambda d: d["smoke"].update(check_static="yes"), "key 'smoke.check_static' must be true or false"),
-    (lambda d: d["smoke"].update(timeout=-1), "key 'smoke.timeout' must be positive"),
     (lambda d: d["smoke"].update(url="skinmenu.example.com"), "key 'smoke.url' must start with http"),
     (lambda d: d.update(shared_dirs=["../etc"]), "'shared_dirs' entry '../etc'"),
     (lambda d: d.update(shared_dirs="media"), "key 'shared_dirs' must be a list"),
@@ -93,9 +93,6 @@ def test_optional_keys_may_be_left_out(tmp_path):
     (lambda d: d["smoke"].update(resolve="127.0.0.1:443"), "key 'smoke.resolve' must be an IP address or a host name"),
     (lambda d: d["smoke"].update(resolve="999.1.1.1"), "key 'smoke.resolve' must be an IP address or a host name"),
     (lambda d: d["smoke"].update(cacert="no-such-ca.pem"), "key 'smoke.cacert' names"),
-    (lambda d: d["smoke"].update(timeout=float("nan")), "key 'smoke.timeout' must be a finite number"),
-    (lambda d: d["smoke"].update(timeout=float("inf")), "key 'smoke.timeout' must be a finite number"),
-    (lambda d: d["smoke"].update(timeout=0), "key 'smoke.timeout' must be positive"),
     (lambda d: d.update(keep_releases=2.5), "key 'keep_releases' must be an integer"),
     (lambda d: d.update(deploy_to="/"), "key 'deploy_to' must not be the filesystem root"),
     (lambda d: d.update(deploy_to="/usr/.."), "key 'deploy_to' must not be the filesystem root"),
@@ -219,3 +216,115 @@ def test_backups_default_to_ten_and_pg_dump_on_path(tmp_path):
     assert (config.backups.keep, config.backups.pg_dump) == (10, "pg_dump")
     config = load_config(write(tmp_path, valid() | {"backups": {"keep": 3, "pg_dump": "bin/pg_dump"}}))
     assert (config.backups.keep, config.backups.pg_dump) == (3, str(tmp_path / "bin" / "pg_dump"))
+
+
+# --- durations: one check for every duration key (deployer/config.py `Seconds`) ----------------
+
+# key -> (the most it may be, whether 0 is allowed)
+DURATIONS = {
+    "service.standby_seconds": (86400, True),
+    "smoke.timeout": (3600, False),
+    "hooks.timeout": (86400, False),
+    "notify.timeout": (300, False),
+    "django.migrate_timeout": (86400, False),
+}
+# Written into the YAML as they are: how an operator would spell them.
+BAD_DURATIONS = [
+    ("1.0e+300", "must be at most"),
+    ("1e300", "must be a number of seconds, got str '1e300'"),  # YAML 1.1: no dot, a string
+    ("-1", None),  # "more than 0" or "0 (...) or more", per key
+    (".nan", "must be a finite number of seconds, got nan"),
+    (".inf", "must be a finite number of seconds, got inf"),
+    ("-.inf", "must be a finite number of seconds, got -inf"),
+    ("true", "must be a number of seconds, not a boolean"),
+    ('"10"', "must be a number of seconds, got str '10'"),
+    ("1" + "0" * 400, "must be at most"),  # an int no float can hold
+    ("[10]", "must be a number of seconds, got list"),
+]
+
+
+def with_duration(tmp_path, key: str, text: str) -> Path:
+    """releases.yml with `key` set to the YAML text `text`, written as it is."""
+    data = valid()
+    data.setdefault("notify", {"webhook_env": "SKINMENU_WEBHOOK"})
+    section, name = key.split(".")
+    data.setdefault(section, {})[name] = "DURATION_GOES_HERE"
+    rendered = yaml.safe_dump(data, sort_keys=False)
+    assert rendered.count("DURATION_GOES_HERE") == 1
+    return write(tmp_path, rendered.replace("DURATION_GOES_HERE", text))
+
+
+def duration_of(config, key: str) -> float:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+@pytest.mark.parametrize("text, message", BAD_DURATIONS, ids=[text[:12] for text, _ in BAD_DURATIONS])
+@pytest.mark.parametrize("key", DURATIONS)
+def test_a_bad_duration_is_one_line_naming_the_key(tmp_path, key, text, message):
+    path = with_duration(tmp_path, key, text)
+    with pytest.raises(BadInput) as caught:
+        load_config(path)
+    got = caught.value.message
+    if message is None:
+        message = "must be 0 (" if DURATIONS[key][1] else "must be more than 0 seconds, got -1"
+    assert got.startswith(f"{path}: key '{key}' "), got
+    assert message in got
+    assert "\n" not in got and len(got) < 300
+
+
+@pytest.mark.parametrize("key", DURATIONS)
+def test_a_duration_is_refused_just_past_its_most_and_kept_at_it(tmp_path, key):
+    most, zero = DURATIONS[key]
+    with pytest.raises(BadInput, match=re.escape(f"key '{key}' must be at most {most} seconds")):
+        load_config(with_duration(tmp_path, key, str(most + 0.5)))
+    assert duration_of(load_config(with_duration(tmp_path, key, str(most))), key) == most
+    assert duration_of(load_config(with_duration(tmp_path, key, "0.25")), key) == 0.25
+    if zero:
+        assert duration_of(load_config(with_duration(tmp_path, key, "0")), key) == 0
+    else:
+        with pytest.raises(BadInput, match=re.escape(f"key '{key}' must be more than 0 seconds, got 0")):
+            load_config(with_duration(tmp_path, key, "0"))
+
+
+def test_durations_are_floats_with_their_defaults(tmp_path):
+    data = valid()
+    del data["service"]["standby_seconds"], data["smoke"]["timeout"]
+    assert "migrate_timeout" not in data["django"]
+    data["notify"] = {"webhook_env": "SKINMENU_WEBHOOK"}
+    config = load_config(write(tmp_path, data))
+    assert (config.service.standby_seconds, config.smoke.timeout, config.hooks.timeout, config.notify.timeout,
+            config.django.migrate_timeout) == (600.0, 30.0, 300.0, 5.0, 3600.0)
+    config = load_config(with_duration(tmp_path, "hooks.timeout", "7"))
+    assert isinstance(config.hooks.timeout, float) and config.hooks.timeout == 7.0
+
+
+def test_the_cli_exits_2_with_one_line_for_a_huge_hook_timeout(tmp_path):
+    path = with_duration(tmp_path, "hooks.timeout", "1.0e+300")
+    result = CliRunner().invoke(main, ["--config", str(path), "list"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"deployer: error: {path}: key 'hooks.timeout' must be at most 86400 seconds (24 h), got 1e+300"]
+
+
+def test_migrate_timeout_reaches_every_migrate_the_schema_runs(tmp_path, monkeypatch):
+    """schema.py's migrate and unapply commands run through django.manage with the configured
+    timeout; proc.run turns one that runs past it into an ordinary migrate failure."""
+    from deployer import proc, schema
+    from deployer.errors import OperationFailed
+
+    config = load_config(with_duration(tmp_path, "django.migrate_timeout", "0.5"))
+    assert config.django.migrate_timeout == 0.5
+    seen = []
+
+    def fake_run(argv, **kwargs):
+        seen.append((argv[1:], kwargs["timeout"]))
+        return proc.run(["sleep", "5"], what=kwargs["what"], timeout=kwargs["timeout"])
+
+    monkeypatch.setattr("deployer.django.run", fake_run)
+    paths = type("Paths", (), {"release": lambda self, sha: tmp_path / sha})()
+    with pytest.raises(OperationFailed) as caught:
+        schema._run(config, paths, {}, "a" * 40, "/backups/before.sqlite3", "migrate", "treatments", "0001", "--noinput")
+    assert seen == [(["manage.py", "migrate", "treatments", "0001", "--noinput"], 0.5)]
+    assert caught.value.message == "migrate treatments 0001: timed out after 0.5s"
+    assert caught.value.hint == "the backup taken before it is /backups/before.sqlite3"

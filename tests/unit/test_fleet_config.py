@@ -91,8 +91,30 @@ def test_an_empty_server_list_or_a_missing_known_hosts_is_refused(tmp_path):
     assert "'servers' must list at least one server" in _refused(_write(tmp_path, servers=[]))
     assert "'ssh.known_hosts'" in _refused(_write(tmp_path, ssh={"known_hosts": "missing"}))
     assert "missing required key 'ssh.known_hosts'" in _refused(_write(tmp_path, ssh={"connect_timeout": 3}))
-    assert "'ssh.connect_timeout' must be positive" in _refused(
-        _write(tmp_path, ssh={"known_hosts": "known_hosts", "connect_timeout": 0}))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1.0e+300", "must be at most 300 seconds (5 min), got 1e+300"),
+    ("1e300", "must be a number of seconds, got str '1e300'"),
+    ("-1", "must be more than 0 seconds, got -1"),
+    ("0", "must be more than 0 seconds, got 0"),
+    ("300.5", "must be at most 300 seconds"),
+    (".nan", "must be a finite number of seconds, got nan"),
+    (".inf", "must be a finite number of seconds, got inf"),
+    ("true", "must be a number of seconds, not a boolean"),
+    ('"10"', "must be a number of seconds, got str '10'"),
+])
+def test_a_bad_connect_timeout_is_refused_naming_the_key(tmp_path, text, message):
+    path = _write(tmp_path, ssh={"known_hosts": "known_hosts", "connect_timeout": "TIMEOUT_GOES_HERE"})
+    path.write_text(path.read_text().replace("TIMEOUT_GOES_HERE", text))
+    refused = _refused(path)
+    assert refused.startswith(f"{path}: key 'ssh.connect_timeout' ") and message in refused, refused
+
+
+def test_the_connect_timeout_is_a_float_defaulting_to_10(tmp_path):
+    assert load_fleet(_write(tmp_path)).ssh.connect_timeout == 5.0
+    assert load_fleet(_write(tmp_path, ssh={"known_hosts": "known_hosts"})).ssh.connect_timeout == 10.0
+    assert load_fleet(_write(tmp_path, ssh={"known_hosts": "known_hosts", "connect_timeout": 300})).ssh.connect_timeout == 300.0
 
 
 def test_a_server_named_twice_is_refused(tmp_path):
