@@ -31,7 +31,7 @@ from deployer.errors import OperationFailed
 
 EVENT = "@deployer "
 BARRIER_TIMEOUT = 3600.0  # how long a server waits for a word at a barrier (the orchestrator passes its own)
-PUT_BACK_TIMEOUT = 300.0  # how long the migrations server waits for the others before its schema moves
+PUT_BACK_TIMEOUT = 300.0  # with the orchestrator gone: how long the migrations server gives the others before its schema moves
 
 
 class Overruled(OperationFailed):
@@ -109,14 +109,16 @@ class Gate:
 
     def wait_for_schema_turn(self, note: Callable[[str], None]) -> None:
         """Before the migrations server puts the schema back: wait until no other server runs
-        the new code. Without an answer (the orchestrator gone or silent) the others put
-        themselves back on their own; give them put_back_timeout seconds, then go on."""
+        the new code. The orchestrator's word comes once it has put every other server back
+        (within the barrier's deadline: it may have to put back one whose deployer died). Without
+        it (the orchestrator gone) the others put themselves back on their own: give them
+        put_back_timeout seconds, then go on."""
         if not self._others_started or self._others_back:
             return
         self.tell("schema-hold", reason=self.failure)
-        line = self._words.readline(self.put_back_timeout)
+        line = self._words.readline(self.barrier_timeout)
         if line is None:
-            note(f"no word from the orchestrator within {self.put_back_timeout:g}s; putting the schema back")
+            note(f"no word from the orchestrator within {self.barrier_timeout:g}s; putting the schema back")
         elif not line:
             note(f"the orchestrator went away: giving the other servers {self.put_back_timeout:g}s "
                  "to put themselves back before the schema moves")

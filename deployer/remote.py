@@ -13,11 +13,18 @@ import json
 import re
 import secrets
 import shlex
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
-import asyncssh
+from cryptography.utils import CryptographyDeprecationWarning
+
+with warnings.catch_warnings():
+    # cryptography warns, at asyncssh's import, that DSA is deprecated: noise on stderr of every
+    # orchestrator run, before any step line (known_hosts and ssh.identity decide the key types).
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import asyncssh
 
 from deployer import __version__
 from deployer.argv import command_of, hold_lock_argv, version_argv

@@ -132,7 +132,7 @@ def go_live(
             stage = PREPARE
             colours = _prepare_standby(config, paths, progress, sha, previous)
             if gate is not None:
-                gate.wait("prepared", "go", standby=True)
+                gate.wait("prepared", "go", standby=True, previous=previous)
             stage = SWITCH
             with progress.step(f"switch current and socket to {colours.new}"):
                 switch.point_current_at(paths, sha)
@@ -143,7 +143,7 @@ def go_live(
         else:
             if gate is not None:
                 stage = PREPARE
-                gate.wait("prepared", "go", standby=False)
+                gate.wait("prepared", "go", standby=False, previous=previous)
             stage = SWITCH
             with progress.step(f"switch current to {sha[:12]}"):
                 switch.point_current_at(paths, sha)

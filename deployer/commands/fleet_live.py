@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from secrets import token_hex
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 from deployer import history
 from deployer.argv import (
@@ -58,7 +58,10 @@ class Run:
     error: DeployError | None = None
     silent: bool = False  # no answer within its phase's deadline
     others_back: bool = False  # every other server is back: its schema may move (§13)
+    told_go: bool = False  # told to go live: it may have switched
     committed: bool = False  # told to keep the release: nothing switches it back now
+    previous: str | None = None  # the release it served before (its `prepared` event says)
+    put_back_by_us: str = ""  # what the orchestrator did for it after its deployer died
     warnings: list[str] = field(default_factory=list)
     lines: deque = field(default_factory=lambda: deque(maxlen=40))
     pump: asyncio.Future | None = None
@@ -69,7 +72,12 @@ class Run:
 
     def tell(self, word: str, reason: str = "", result: str = "") -> None:
         """A word at its barrier; a call-off says what its history records (deployer/gate.py)."""
+        self.told_go = self.told_go or word == "go"
+        self.committed = self.committed or word == "commit"
         self.proc.write(json.dumps({"do": word, "reason": reason, **({"result": result} if result else {})}) + "\n")
+
+
+PutBack = Callable[[Run], Awaitable[None]]
 
 
 def new_deploy_id() -> str:
@@ -213,10 +221,28 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
     batch_size = fleet.parallel
     barrier = timeouts.barrier(batches=-(-len(connections) // batch_size))
 
-    def start(connection: Connection, owns_schema: bool):
+    def start(connection: Connection, owns_schema: bool, argv_of: ArgvOf = argv_of):
         argv = orchestrated(argv_of(connection.server), token, deploy_id, owns_schema,
-                            barrier_timeout=barrier, put_back_timeout=timeouts.put_back + 60)
+                            barrier_timeout=barrier, put_back_timeout=timeouts.put_back)
         return _start(connection, argv, owns_schema)
+
+    async def put_back(stray: Run) -> None:
+        """A server whose deployer died after the word to go live (killed there) cannot put
+        itself back: an orchestrated rollback to its previous release does it, under the same
+        lock (the migrations server's with --migrate: it unapplies what it applied, last)."""
+        rollback = lambda server: rollback_argv(server, stray.previous, migrate=stray.owns_schema, force=False)
+        run = await start(stray.connection, stray.owns_schema, rollback)
+        for wanted, word, timeout in (("prepared", "go", timeouts.prepare), ("live", "commit", timeouts.live)):
+            if await _advance(run, wanted, timeout) != wanted:
+                break
+            run.tell(word)
+        await _advance(run, DONE, timeouts.commit)
+        if run.state == HOLDING:
+            await _settle(run, timeouts.put_back)
+        stray.put_back_by_us = (f"its deployer died; the orchestrator put it back on {stray.previous[:12]}"
+                                if run.state == DONE else
+                                f"its deployer died and putting it back on {stray.previous[:12]} failed: {_why(run)}; "
+                                f"run `deployer rollback --to {stray.previous[:12]}` there")
 
     runs: list[Run] = []
     try:
@@ -227,18 +253,18 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
             raise _failure_of(lead, "nothing live was changed on any server")
         runs += await asyncio.gather(*(start(c, False) for c in others))
         runs.sort(key=lambda run: [c.server.name for c in connections].index(run.name))
-        return await _go_live_together(runs, timeouts, batch_size)
+        return await _go_live_together(runs, timeouts, batch_size, put_back)
     except asyncio.CancelledError:  # Ctrl-C, SIGTERM or SIGHUP to the orchestrator (run_interruptible)
-        await _call_off(runs, "the orchestrator was interrupted", timeouts, result=history.FAILED)
+        await _call_off(runs, "the orchestrator was interrupted", timeouts, put_back, result=history.FAILED)
         if runs and all(run.committed for run in runs if run.state != "already-live"):
             say_as("all", "interrupted after every server had the word to keep the release")
             return [f"{run.name}: {warning}" for run in runs for warning in run.warnings]
         raise OperationFailed("interrupted", hint=_outcomes(runs, None) or "nothing live was changed") from None
 
 
-async def _go_live_together(runs: list[Run], timeouts: Timeouts, batch_size: int) -> list[str]:
+async def _go_live_together(runs: list[Run], timeouts: Timeouts, batch_size: int, put_back: PutBack) -> list[str]:
     await asyncio.gather(*(_advance(run, "prepared", timeouts.prepare) for run in runs))
-    await _stop_if_failed(runs, timeouts)
+    await _stop_if_failed(runs, timeouts, put_back)
     ready = [run for run in runs if run.state == "prepared"]
     standby = all(run.event.get("standby") for run in ready)  # then they all flip at once
     batches = [ready] if standby else [ready[i:i + batch_size] for i in range(0, len(ready), batch_size)]
@@ -246,10 +272,9 @@ async def _go_live_together(runs: list[Run], timeouts: Timeouts, batch_size: int
         for run in batch:
             run.tell("go")
         await asyncio.gather(*(_advance(run, "live", timeouts.live) for run in batch))
-        await _stop_if_failed(runs, timeouts)
+        await _stop_if_failed(runs, timeouts, put_back)
     for run in ready:
         run.tell("commit")
-        run.committed = True
     await asyncio.gather(*(_advance(run, DONE, timeouts.commit) for run in ready))
     failed = [run for run in ready if run.state != DONE]
     if failed:  # after every server went live: only recording can fail here, and nothing switches back
@@ -291,6 +316,8 @@ async def _follow(run: Run, wanted: str) -> str:
             run.warnings.append(str(event.get("message", "")))
             continue
         run.event, run.state = event, name
+        if name == "prepared":
+            run.previous = event.get("previous") or None
         if name == "schema-hold":
             if run.others_back:  # the others are back already: its schema may move
                 run.tell("restore-schema")
@@ -356,27 +383,42 @@ async def _settle(run: Run, timeout: float) -> None:
     run.state = ENDED
 
 
-async def _stop_if_failed(runs: list[Run], timeouts: Timeouts) -> None:
+async def _stop_if_failed(runs: list[Run], timeouts: Timeouts, put_back: PutBack) -> None:
     failed = [run for run in runs if run.state in (ENDED, HOLDING)]
     if not failed:
         return
     culprit = failed[0]
-    await _call_off(runs, f"{culprit.name} failed: {_why(culprit)}", timeouts)
+    await _call_off(runs, f"{culprit.name} failed: {_why(culprit)}", timeouts, put_back)
     raise _failure_of(culprit, _outcomes(runs, culprit))
 
 
-async def _call_off(runs: list[Run], reason: str, timeouts: Timeouts, result: str = history.FAILED_SMOKE) -> None:
+async def _call_off(runs: list[Run], reason: str, timeouts: Timeouts, put_back: PutBack,
+                    result: str = history.FAILED_SMOKE) -> None:
     """Every server still at a barrier puts back: those that run no new code first, the
-    migrations server (which puts the schema back) last; then a failed migrations server that
-    holds its schema lets it move."""
+    migrations server (which puts the schema back) last. A server whose deployer died after the
+    word to go live is put back by the orchestrator, in the same order. Then a failed migrations
+    server that holds its schema lets it move."""
     waiting = [run for run in runs if run.state not in PAST_BARRIERS and run.state != HOLDING]
     await asyncio.gather(*(_advance(run, DONE, timeouts.commit) for run in waiting if run.committed))
     waiting = [run for run in waiting if not run.committed]
-    for group in ([run for run in waiting if not run.owns_schema], [run for run in waiting if run.owns_schema]):
+    for owns_schema in (False, True):
+        group = [run for run in waiting if run.owns_schema == owns_schema]
         for run in group:
             run.tell("revert" if run.state == "live" else "abort", reason, result)
         await asyncio.gather(*(_advance(run, DONE, timeouts.put_back) for run in group))
+        for stray in await _strays([run for run in runs if run.owns_schema == owns_schema]):
+            await put_back(stray)
     await asyncio.gather(*(_settle(run, timeouts.put_back) for run in runs if run.state in (ENDED, HOLDING)))
+
+
+async def _strays(runs: list[Run]) -> list[Run]:
+    """Servers told to go live, not to keep it, that are not back on their previous release
+    once they ended: their deployer died (kill -9, out of memory) before it could put back."""
+    candidates = [run for run in runs if run.told_go and not run.committed and run.previous
+                  and run.state in (ENDED, DONE)]
+    answers = await asyncio.gather(*(status_of(run.connection) for run in candidates), return_exceptions=True)
+    return [run for run, answer in zip(candidates, answers)
+            if isinstance(answer, dict) and answer.get("current") != run.previous]
 
 
 def _why(run: Run) -> str:
@@ -391,6 +433,8 @@ def _outcomes(runs: list[Run], culprit: Run | None) -> str:
     for run in runs:
         if run.state == "already-live":
             parts.append(f"{run.name}: was already on it, left as is")
+        elif run.put_back_by_us:
+            parts.append(f"{run.name}: {run.put_back_by_us}")
         elif run.error is not None and run.error.hint:
             parts.append(f"{run.name}: {run.error.hint}")
         elif run is not culprit and run.error is not None:
