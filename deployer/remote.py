@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncssh
+from asyncssh.public_key import get_default_certificate_algs, get_default_public_key_algs
 
 from deployer import __version__
 from deployer.argv import command_of, hold_lock_argv, version_argv
@@ -290,6 +291,14 @@ async def connect(fleet: FleetConfig, server: Server) -> Connection:
     return connection
 
 
+# As OpenSSH does: the key types known_hosts lists for the host first (asyncssh's own order),
+# then every other default type. Offering only the listed types would make a server whose key is
+# of another type hang up during key exchange (a "cannot reach"); offered all, it shows its key,
+# which known_hosts then refuses like any changed key.
+_HOST_KEY_ALGS = "+" + ",".join(alg.decode("ascii") for alg in
+                                get_default_certificate_algs() + get_default_public_key_algs())
+
+
 async def _open_ssh(fleet: FleetConfig, server: Server) -> asyncssh.SSHClientConnection:
     ssh = fleet.ssh
     where = f"{server.host} port {server.port}"
@@ -298,6 +307,8 @@ async def _open_ssh(fleet: FleetConfig, server: Server) -> asyncssh.SSHClientCon
             server.host, server.port,
             username=server.user or (),
             known_hosts=str(ssh.known_hosts),  # never None: None would accept any key
+            x509_trusted_certs=None, x509_trusted_cert_paths=[],  # host trust is known_hosts only
+            server_host_key_algs=_HOST_KEY_ALGS,
             client_keys=[str(ssh.identity)] if ssh.identity else (),
             agent_path=None if ssh.identity else (),
             config=[],  # ~/.ssh/config could change the host, port or keys behind this file's back

@@ -84,6 +84,24 @@ def test_a_changed_host_key_is_refused_with_exit_2_even_by_check(orchestrator, d
         assert "host key of 127.0.0.1" in _one_error_line(result)
 
 
+def test_a_known_key_of_another_type_is_a_changed_host_key_exit_2_not_unreachable(
+        orchestrator, deployment, second, tmp_path):
+    """known_hosts lists an RSA key for 127.0.0.1 (another host's), the server's key is ed25519:
+    that is a key that does not match, not a server that cannot be reached."""
+    deployment.ok("deploy", "base")
+    other_host = sshd_server.keygen(tmp_path / "other_host_rsa", kind="rsa")
+    rsa_only = orchestrator.sshd.known_hosts_with("rsa_known_hosts", sshd_server.public_line(other_host))
+    orchestrator.write([deployment.config_file, second.config_file], known_hosts=rsa_only)
+    for command in (("status",), ("deploy", "second")):
+        result = orchestrator.run(*command)
+        assert result.returncode == 2, result.stdout + result.stderr
+        line = _one_error_line(result)
+        assert "app1: host key of 127.0.0.1" in line and "not verified" in line, line
+        assert "cannot reach" not in result.stderr
+    assert deployment.current == deployment.source.sha("base") and second.current is None
+    assert second.releases == set() and _lock_of(deployment) is None
+
+
 def test_a_server_running_another_deployer_version_is_refused(orchestrator, deployment, second, tmp_path):
     old = tmp_path / "old-deployer"
     old.write_text("#!/bin/sh\necho 'deployer, version 0.0.1'\n")
