@@ -5,11 +5,24 @@ build argv lists, one per `deployer` command; deployer/remote.py runs them, loca
 from __future__ import annotations
 
 import shlex
+from typing import Sequence
 
 from deployer.fleet import Server
 
 def deployer_argv(server: Server, *args: str) -> list[str]:
     return [server.deployer, "--config", server.config, *args]
+
+
+def command(name: str, *options: str, operands: Sequence[str] = ()) -> list[str]:
+    """A deployer command with its options, then `--`, then the user's input (a ref, a sha): an
+    operand after `--` is never read as an option, whatever it looks like (`--help`, `-x`)."""
+    return [name, *options, *(["--", *operands] if operands else [])]
+
+
+def with_options(argv: list[str], *options: str) -> list[str]:
+    """`argv` with more options, placed before its `--` (after it they would be operands)."""
+    at = argv.index("--") if "--" in argv else len(argv)
+    return [*argv[:at], *options, *argv[at:]]
 
 
 def version_argv(server: Server) -> list[str]:
@@ -39,8 +52,14 @@ def command_of(argv: list[str]) -> str:
         if skip or word in ("--held-lock", "--config"):
             skip = not skip
             continue
-        words.append(word)
+        if word != "--":
+            words.append(word)
     return shlex.join(words[:2])
+
+
+def shown_command(words: list[str]) -> str:
+    """A command as the operator typed it (without the `--` put before its operands)."""
+    return shlex.join(word for word in words if word != "--")
 
 
 def under_lock(argv: list[str], token: str) -> list[str]:
@@ -49,31 +68,33 @@ def under_lock(argv: list[str], token: str) -> list[str]:
 
 
 def release_argv(server: Server, ref: str, token: str) -> list[str]:
-    return under_lock(deployer_argv(server, "release", ref), token)
+    return under_lock(deployer_argv(server, *command("release", operands=[ref])), token)
 
 
 def orchestrated(argv: list[str], token: str, deploy_id: str, owns_schema: bool, *,
                  barrier_timeout: float, put_back_timeout: float) -> list[str]:
     """An activate/rollback argv that stops at the orchestrator's barrier (deployer/gate.py)."""
-    return under_lock(argv + ["--orchestrated", deploy_id, "--barrier-timeout", f"{barrier_timeout:g}",
-                              "--put-back-timeout", f"{put_back_timeout:g}"]
-                      + ([] if owns_schema else ["--schema-elsewhere"]), token)
+    return under_lock(with_options(argv, "--orchestrated", deploy_id, "--barrier-timeout", f"{barrier_timeout:g}",
+                                   "--put-back-timeout", f"{put_back_timeout:g}",
+                                   *([] if owns_schema else ["--schema-elsewhere"])), token)
 
 
 def activate_argv(server: Server, sha: str) -> list[str]:
-    return deployer_argv(server, "activate", sha)
+    return deployer_argv(server, *command("activate", operands=[sha]))
 
 
-def rollback_argv_tail(to: str | None, migrate: bool, force: bool) -> list[str]:
-    return ["rollback", *(["--to", to] if to else []), *(["--migrate"] if migrate else []), *(["--force"] if force else [])]
+def rollback_command(to: str | None, migrate: bool, force: bool) -> list[str]:
+    """`rollback`'s words; the target as `--to=SHA`, one word that no value can split."""
+    return command("rollback", *([f"--to={to}"] if to else []), *(["--migrate"] if migrate else []),
+                   *(["--force"] if force else []))
 
 
 def rollback_argv(server: Server, to: str, migrate: bool, force: bool) -> list[str]:
-    return deployer_argv(server, *rollback_argv_tail(to, migrate, force))
+    return deployer_argv(server, *rollback_command(to, migrate, force))
 
 
-def plan_argv(server: Server, command: list[str]) -> list[str]:
-    return deployer_argv(server, *command, "--plan", "--json")
+def plan_argv(server: Server, words: list[str]) -> list[str]:
+    return deployer_argv(server, *with_options(words, "--plan", "--json"))
 
 
 def prune_argv(server: Server, keep: int | None, dry_run: bool, token: str) -> list[str]:

@@ -17,7 +17,7 @@ import traceback
 
 import click
 
-from deployer import __version__, notify, output, releases, signals, standby
+from deployer import __version__, git, notify, output, releases, signals, standby
 from deployer import lock as lock_mod
 from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
@@ -30,7 +30,7 @@ from deployer.commands import rollback as rollback_cmd
 from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
-from deployer.argv import rollback_argv_tail
+from deployer.argv import command as command_words, rollback_command
 from deployer.fleet import MAX_BARRIER, FleetConfig, is_fleet_file, load_fleet
 from deployer.gate import BARRIER_TIMEOUT, PUT_BACK_TIMEOUT, Gate
 from deployer.lock import deploy_lock, held_lock
@@ -192,8 +192,21 @@ class ShaPrefix(click.ParamType):
 
     def convert(self, value, param, ctx) -> str:
         if not str(value).strip():
-            raise BadInput(f"{_option(param)} was given an empty sha", hint="name a release from `deployer list`, or leave the option out")
+            if isinstance(param, click.Option):
+                raise BadInput(f"{_option(param)} was given an empty sha",
+                               hint="name a release from `deployer list`, or leave the option out")
+            raise BadInput("an empty sha was given", hint="name a release from `deployer list`")
         return releases.validate_prefix(str(value))
+
+
+class CommitIsh(click.ParamType):
+    """A branch, tag or sha, checked as `release` checks it on one server (git.validate_ref):
+    an orchestrator refuses a bad ref before it contacts any server."""
+
+    name = "commit-ish"
+
+    def convert(self, value, param, ctx) -> str:
+        return git.validate_ref(str(value))
 
 
 def plan_options(command):
@@ -293,14 +306,15 @@ def main(ctx: click.Context, config_file: str | None, debug: bool, held_lock_tok
 
 
 @main.command()
-@click.argument("commit")
+@click.argument("commit", type=CommitIsh())
 @click.option("--rebuild", is_flag=True, help="Build again even if complete (not for the live release).")
 @wait_option
 @plan_options
 @click.pass_obj
 def release(session: Session, commit: str, rebuild: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Build COMMIT (branch, tag or sha) into releases/<sha>. Prints the sha."""
-    fleet = _across_servers(session, plan, as_json, wait, ["release", commit] + (["--rebuild"] if rebuild else []))
+    fleet = _across_servers(session, plan, as_json, wait,
+                            command_words("release", *(["--rebuild"] if rebuild else []), operands=[commit]))
     if fleet is not None:
         if rebuild:
             raise BadInput("--rebuild runs on one server at a time",
@@ -314,14 +328,14 @@ def release(session: Session, commit: str, rebuild: bool, wait: float, plan: boo
 
 
 @main.command()
-@click.argument("sha")
+@click.argument("sha", type=ShaPrefix())
 @wait_option
 @plan_options
 @orchestrated_options
 @click.pass_obj
 def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool, **orchestration) -> None:
     """Make a built release live: migrate, switch, restart, smoke test (or switch back)."""
-    fleet = _across_servers(session, plan, as_json, wait, ["activate", sha])
+    fleet = _across_servers(session, plan, as_json, wait, command_words("activate", operands=[sha]))
     if fleet is not None:
         if not plan:
             _fleet_live().activate(fleet, sha)
@@ -332,13 +346,13 @@ def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool,
 
 
 @main.command()
-@click.argument("commit")
+@click.argument("commit", type=CommitIsh())
 @wait_option
 @plan_options
 @click.pass_obj
 def deploy(session: Session, commit: str, wait: float, plan: bool, as_json: bool) -> None:
     """Release COMMIT, then activate it."""
-    fleet = _across_servers(session, plan, as_json, wait, ["deploy", commit])
+    fleet = _across_servers(session, plan, as_json, wait, command_words("deploy", operands=[commit]))
     if fleet is not None:
         if not plan:
             _fleet_live().deploy(fleet, commit)
@@ -361,7 +375,7 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
     """Make the previously live release live again (from history)."""
     if migrate and force:
         raise BadInput("--migrate and --force exclude each other", hint="pass one of them")
-    fleet = _across_servers(session, plan, as_json, wait, rollback_argv_tail(to, migrate, force))
+    fleet = _across_servers(session, plan, as_json, wait, rollback_command(to, migrate, force))
     if fleet is not None:
         if not plan:
             _fleet_live().rollback(fleet, to, migrate, force)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 
-from deployer.argv import check_argv, list_argv, plan_argv, prune_argv, release_argv, status_argv
+from deployer.argv import check_argv, list_argv, plan_argv, prune_argv, release_argv, shown_command, status_argv
 from deployer.errors import DeployError, OperationFailed
 from deployer.fleet import FleetConfig
 from deployer.remote import Connection, Outcome, locked, on_each, remote_failure, worst
@@ -176,7 +176,8 @@ async def _build_everywhere(fleet: FleetConfig, connections: list[Connection], r
     # A branch that moved between two servers' fetches: the migrations server's sha wins.
     others = [c for c, outcome in zip(connections, outcomes) if outcome.value != sha]
     if others:
-        _raise_build_failure(await asyncio.gather(*(_release_on(c, sha, token, gate) for c in others)))
+        _raise_build_failure(await asyncio.gather(*(_release_on(c, sha, token, gate, fleet.timeouts.build)
+                                                    for c in others)))
     return sha
 
 
@@ -215,7 +216,7 @@ def plan(fleet: FleetConfig, command: list[str], as_json: bool) -> None:
         ]}, sys.stdout, indent=2)
         print()
     else:
-        print(f"plan: {' '.join(command)} on {len(outcomes)} server(s) (nothing is changed; no lock is taken)")
+        print(f"plan: {shown_command(command)} on {len(outcomes)} server(s) (nothing is changed; no lock is taken)")
         if command[0] in ("deploy", "activate", "rollback"):
             print(f"[all] migrations run once, on {fleet.migrations_server.name}; the others leave the schema to it")
         for outcome in outcomes:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Coroutine, TypeVar
 
 from deployer import history
 from deployer.argv import (
-    activate_argv, list_argv, orchestrated, rollback_argv, rollback_argv_tail,
+    activate_argv, list_argv, orchestrated, rollback_argv, rollback_command,
 )
 from deployer.commands.fleet import build_everywhere, plan_of, same_release, say_as, status_of
 from deployer.errors import BadInput, DeployError, OperationFailed
@@ -154,7 +154,7 @@ async def _rollback_target(connections: list[Connection], to: str | None, migrat
     """A target that was live on every server. Servers on one release: each one's own choice
     (from its history), which must agree. Servers left mixed (an orchestrator killed between
     commits): the release some are still on and the others would roll back to."""
-    command = rollback_argv_tail(to, migrate, force)
+    command = rollback_command(to, migrate, force)
     plans = dict(zip((c.server.name for c in connections),
                      await asyncio.gather(*(plan_of(c, command) for c in connections))))
     targets = {name: None if plan.get("refused") else plan.get("sha") for name, plan in plans.items()}

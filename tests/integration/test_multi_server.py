@@ -231,3 +231,29 @@ def test_a_server_named_local_is_run_without_ssh_beside_one_over_ssh(orchestrato
     assert [(row["name"], row["destination"]) for row in rows] == [
         ("app1", "local"), ("app2", f"{orchestrator.sshd.user}@127.0.0.1:{orchestrator.sshd.port}")]
     assert all(row["error"] is None and row["status"]["lock"] is None for row in rows)
+
+
+BAD_REFS = ["--help", "-x", "", "a b", "..", "refs/../x", "r" * 300, b"\xff\xfe-not-utf-8", "main\nrm"]
+
+
+def _asked_with(command: str, ref: str | bytes) -> list[str | bytes]:
+    """How an operator passes `ref` to `command` (after `--`, so that `--help` is the ref)."""
+    return ["rollback", "--to", ref] if command == "rollback" else [command, "--", ref]
+
+
+def _what_is_there(d) -> tuple:
+    return d.releases, d.current, d.history(), _lock_of(d)
+
+
+def test_a_bad_ref_is_refused_by_the_orchestrator_before_any_server_is_asked(orchestrator, deployment, second):
+    deployment.ok("deploy", "base")
+    before = [_what_is_there(d) for d in (deployment, second)]
+    for command in ("release", "deploy", "activate", "rollback"):
+        for ref in BAD_REFS:
+            result = orchestrator.run(*_asked_with(command, ref))
+            asked = f"{command} {ref!r}"
+            assert result.returncode == 2, (asked, result.stdout, result.stderr)
+            line = _one_error_line(result)
+            assert "[app" not in result.stderr and "app1" not in line and "app2" not in line, (asked, result.stderr)
+            assert result.stdout == "", (asked, result.stdout)  # no help text, no sha
+    assert [_what_is_there(d) for d in (deployment, second)] == before
