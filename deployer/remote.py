@@ -85,7 +85,7 @@ class Connection:
                 raw = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
                                                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             else:
-                raw = await self._ssh.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
+                raw = await self._ssh.create_process(shlex.join(argv), encoding=None)  # bytes, as a local child
         except (asyncssh.Error, OSError) as exc:
             raise OperationFailed(f"{self.server.name}: cannot start `deployer {command_of(argv)}`: {_why(exc)}") from exc
         return Process(raw)
@@ -137,35 +137,37 @@ class Connection:
             await self._ssh.wait_closed()
 
 
+LINE_LIMIT = 1024 * 1024  # bytes of one line kept: far more than any event line a server says
+SHOWN_LINE = 2000  # bytes of one line of a server's output shown to the operator
+_CHUNK = 64 * 1024
+
+
 class Process:
     """A running command on a server (a local child, or an SSH channel), read line by line."""
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
         self._local = isinstance(raw, asyncio.subprocess.Process)
+        self._streams = {"stdout": Lines(raw.stdout), "stderr": Lines(raw.stderr)}
 
-    async def readline(self, stream: str) -> str:
-        """The next line of "stdout" or "stderr"; "" at its end (or when the connection is gone)."""
-        try:
-            return _text(await getattr(self._raw, stream).readline())
-        except (asyncssh.Error, OSError):
-            return ""
+    async def readline(self, stream: str, limit: int = LINE_LIMIT) -> str:
+        """The next line of "stdout" or "stderr"; "" at its end (or when the connection is gone).
+        A line longer than `limit` bytes comes back cut, saying how much was cut."""
+        return _text(await self._streams[stream].readline(limit))
 
     async def pump_stderr(self, show: Callable[[str], Any]) -> None:
-        """Hand each stderr line (without its newline) to `show` as it comes, until its end."""
-        while line := await self.readline("stderr"):
+        """Hand each stderr line (without its newline, cut to SHOWN_LINE bytes) to `show` as it
+        comes, until its end."""
+        while line := await self.readline("stderr", SHOWN_LINE):
             show(line.rstrip("\n"))
 
     async def read(self, stream: str) -> str:
-        try:
-            return _text(await getattr(self._raw, stream).read())
-        except (asyncssh.Error, OSError):
-            return ""
+        return _text(await self._streams[stream].read_all())
 
     def write(self, text: str) -> bool:
         """Write to its stdin; False when it is gone."""
         try:
-            self._raw.stdin.write(text.encode() if self._local else text)
+            self._raw.stdin.write(text.encode())
             return True
         except (asyncssh.Error, OSError, RuntimeError):
             return False
@@ -188,6 +190,64 @@ class Process:
             return done.exit_status if done.exit_status is not None else 255
         except (asyncssh.Error, OSError):
             return 255
+
+
+class Lines:
+    """One output stream of a process, read in chunks and cut into lines. A line of any length
+    is safe: asyncio's own readline raises ValueError past 64 KiB (a hook printing one long
+    line would have crashed the orchestrator); past `limit` bytes the rest of a line is dropped
+    and counted."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self._ended = False
+
+    async def readline(self, limit: int) -> bytes:
+        """The next line with its newline (the last one may have none); b"" at the end."""
+        while b"\n" not in self._buffer and not self._ended:
+            if len(self._buffer) > limit:
+                return await self._cut_line(limit)
+            await self._fill()
+        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
+        if end > limit + 1:
+            return await self._cut_line(limit)
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return line
+
+    async def read_all(self) -> bytes:
+        while not self._ended:
+            await self._fill()
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+    async def _cut_line(self, limit: int) -> bytes:
+        """The first `limit` bytes of the current line and how many bytes of it were dropped."""
+        head = bytes(self._buffer[:limit])
+        del self._buffer[:limit]
+        dropped = 0
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                dropped += newline
+                del self._buffer[:newline + 1]
+                break
+            dropped += len(self._buffer)
+            self._buffer.clear()
+            if self._ended:
+                break
+            await self._fill()
+        return head + f" … [{dropped} bytes cut]\n".encode()
+
+    async def _fill(self) -> None:
+        try:
+            chunk = await self._stream.read(_CHUNK)
+        except (asyncssh.Error, OSError):  # the connection is gone: the stream has ended
+            chunk = b""
+        self._ended = not chunk
+        self._buffer += chunk
 
 
 HEARTBEAT = 2.0  # seconds between the orchestrator's heartbeats to a held lock (see `hold-lock`)
