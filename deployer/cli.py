@@ -43,7 +43,7 @@ class Session:
     def __init__(self, config_file: str | None, debug: bool, held_lock: str | None = None) -> None:
         self.config_file = config_file
         self.debug = debug
-        self.held_lock = held_lock  # an orchestrator's token: run under the lock it holds (§13)
+        self.held_lock = held_lock  # an orchestrator's token (read from stdin): run under the lock it holds (§13)
 
     def load(self) -> tuple[Config, Paths]:
         path = config_path(self.config_file)
@@ -119,12 +119,8 @@ def _locked(paths: Paths, wait: float):
 
 
 def _described() -> str:
-    """The command line recorded as the lock holder, without an orchestrator's token."""
-    args = sys.argv[1:]
-    if "--held-lock" in args:
-        at = args.index("--held-lock")
-        args = args[:at] + args[at + 2:]
-    return "deployer " + shlex.join(args)
+    """The command line recorded as the lock holder."""
+    return "deployer " + shlex.join(sys.argv[1:])
 
 
 def _run_locked(session: Session, wait: float, command_main, *args) -> None:
@@ -291,17 +287,20 @@ wait_option = click.option(
 @click.group(cls=DeployerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="FILE", help="Config file (default: $DEPLOYER_CONFIG, else ./releases.yml).")
 @click.option("--debug", is_flag=True, help="Show a traceback for failures.")
-@click.option("--held-lock", "held_lock_token", metavar="TOKEN", hidden=True,
-              help="Run under the lock an orchestrator holds with TOKEN (docs/design.md §13).")
+@click.option("--held-lock", "under_held_lock", is_flag=True, hidden=True,
+              help="Run under the lock an orchestrator holds; its token is the first line on stdin "
+                   "(docs/design.md §13).")
 @click.version_option(__version__, prog_name="deployer")
 @click.pass_context
-def main(ctx: click.Context, config_file: str | None, debug: bool, held_lock_token: str | None) -> None:
+def main(ctx: click.Context, config_file: str | None, debug: bool, under_held_lock: bool) -> None:
     """Atomic release-directory deploys for the Skinmenu site.
 
     Exit codes: 0 ok, 1 operation failed (live site left as it was or put back),
     2 bad input or configuration, 3 another deploy holds the lock.
     """
-    ctx.obj = Session(config_file, debug, held_lock_token)
+    ctx.obj = Session(config_file, debug)
+    if under_held_lock:  # first thing read from stdin; an orchestrated command's words come after it
+        ctx.obj.held_lock = lock_mod.read_token(sys.stdin.fileno())
     signals.stop_like_ctrl_c()
 
 
@@ -456,11 +455,12 @@ def expire_standby(session: Session, wait: float) -> None:
 
 
 @main.command(name="hold-lock", hidden=True)
-@click.option("--token", required=True, metavar="TOKEN")
 @click.pass_obj
-def hold_lock(session: Session, token: str) -> None:
+def hold_lock(session: Session) -> None:
     """Take the deploy lock for an orchestrator and hold it while its heartbeat comes (docs/design.md
-    §13): when the orchestrator dies, or the network to it goes, the lock is released."""
+    §13): when the orchestrator dies, or the network to it goes, the lock is released. The token
+    is the first line on stdin; the heartbeat's newlines follow it."""
+    token = session.held_lock or lock_mod.read_token(sys.stdin.fileno())
     config, paths = session.load()
     with deploy_lock(paths, "deployer hold-lock (for an orchestrator)", 0, orchestrator_token=token):
         click.echo(json.dumps({"locked": True, "holder": lock_mod.read_holder(paths)}))

@@ -54,12 +54,16 @@ class Connection:
         self.command_timeout = command_timeout  # timeouts.command: version, status, list, prune
         self.lock: HeldLock | None = None  # taken by lock_all
 
-    async def run(self, argv: list[str], timeout: float | None = None) -> Result:
+    async def run(self, argv: list[str], timeout: float | None = None, token: str | None = None) -> Result:
+        """Run a command to its end. With `token` (a command under the orchestrator's lock), the
+        token is its stdin's only line; else its stdin is empty."""
         timeout = timeout or self.command_timeout
+        stdin = token_line(token) if token else None
         try:
             if self._ssh is None:
-                return await _run_local(argv, timeout)
-            done = await self._ssh.run(shlex.join(argv), check=False, timeout=timeout, stdin=asyncssh.DEVNULL)
+                return await _run_local(argv, timeout, stdin)
+            done = await self._ssh.run(shlex.join(argv), check=False, timeout=timeout,
+                                       **({"input": stdin} if stdin else {"stdin": asyncssh.DEVNULL}))
             status = done.exit_status if done.exit_status is not None else 255
             return Result(argv, status, _text(done.stdout), _text(done.stderr))
         except (asyncssh.TimeoutError, asyncio.TimeoutError) as exc:
@@ -78,8 +82,9 @@ class Connection:
             raise OperationFailed(f"{self.server.name}: `deployer {command_of(argv)}` did not answer JSON",
                                   details=tail(result.stdout + result.stderr)) from None
 
-    async def start(self, argv: list[str]) -> "Process":
-        """Start a command with its stdin, stdout and stderr open to us."""
+    async def start(self, argv: list[str], token: str | None = None) -> "Process":
+        """Start a command with its stdin, stdout and stderr open to us; with `token` (a command
+        under the orchestrator's lock), the token is the first line on its stdin."""
         try:
             if self._ssh is None:
                 raw = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
@@ -88,11 +93,15 @@ class Connection:
                 raw = await self._ssh.create_process(shlex.join(argv), encoding=None)  # bytes, as a local child
         except (asyncssh.Error, OSError) as exc:
             raise OperationFailed(f"{self.server.name}: cannot start `deployer {command_of(argv)}`: {_why(exc)}") from exc
-        return Process(raw)
+        process = Process(raw)
+        if token:
+            process.write(token_line(token))
+        return process
 
-    async def run_streaming(self, argv: list[str], show: Callable[[str], Any], timeout: float) -> Result:
+    async def run_streaming(self, argv: list[str], show: Callable[[str], Any], timeout: float,
+                            token: str | None = None) -> Result:
         """Run a command, handing its stderr lines to `show` as they come (live progress)."""
-        proc = await self.start(argv)
+        proc = await self.start(argv, token)
         lines: list[str] = []
         pump = asyncio.ensure_future(proc.pump_stderr(lambda line: (lines.append(line), show(line))))
         try:
@@ -110,8 +119,8 @@ class Connection:
     async def hold_lock(self, token: str, timeout: float) -> "HeldLock":
         """Take this server's deploy lock for the orchestrator: a remote `hold-lock` process that
         keeps it while we keep writing to it, so the lock goes when this connection goes."""
-        argv = hold_lock_argv(self.server, token)
-        proc = await self.start(argv)
+        argv = hold_lock_argv(self.server)
+        proc = await self.start(argv, token)
         try:
             first = await asyncio.wait_for(proc.readline("stdout"), timeout)
         except asyncio.TimeoutError:
@@ -299,14 +308,20 @@ def _text(value: Any) -> str:
     return value or ""
 
 
-async def _run_local(argv: list[str], timeout: float) -> Result:
+def token_line(token: str) -> str:
+    """How a command under the orchestrator's lock gets the token: the first line on its stdin."""
+    return token + "\n"
+
+
+async def _run_local(argv: list[str], timeout: float, stdin: str | None = None) -> Result:
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
         return Result(argv, 127, "", f"{argv[0]}: {exc.strerror or exc}")
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), timeout)
     except (asyncio.TimeoutError, asyncio.CancelledError):
         proc.kill()
         await proc.wait()

@@ -156,9 +156,9 @@ async def _release_on(connection: Connection, ref: str, token: str, gate: asynci
                       timeout: float) -> Outcome:
     async with gate:
         try:
-            result = await connection.run_streaming(release_argv(connection.server, ref, token),
+            result = await connection.run_streaming(release_argv(connection.server, ref),
                                                     lambda line: say_as(connection.server.name, line),
-                                                    timeout)
+                                                    timeout, token)
         except DeployError as exc:
             return Outcome(connection.server, error=exc)
     if not result.ok:  # its last step lines come with the error, as `    | ` lines
@@ -274,7 +274,7 @@ def prune(fleet: FleetConfig, keep: int | None, dry_run: bool) -> None:
     async def run() -> list[Outcome]:
         async with locked(fleet) as (connections, token):
             async def one(connection: Connection) -> Outcome:
-                result = await connection.run(prune_argv(connection.server, keep, dry_run, token))
+                result = await connection.run(prune_argv(connection.server, keep, dry_run), token=token)
                 say_as(connection.server.name, result.stdout + result.stderr)
                 if not result.ok:
                     return Outcome(connection.server, error=remote_failure(connection.server, result))

@@ -214,9 +214,9 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
     barrier = timeouts.barrier(batches=-(-len(connections) // batch_size))
 
     def start(connection: Connection, owns_schema: bool):
-        argv = orchestrated(argv_of(connection.server), token, deploy_id, owns_schema,
+        argv = orchestrated(argv_of(connection.server), deploy_id, owns_schema,
                             barrier_timeout=barrier, put_back_timeout=timeouts.put_back + 60)
-        return _start(connection, argv, owns_schema)
+        return _start(connection, argv, owns_schema, token)
 
     runs: list[Run] = []
     try:
@@ -257,8 +257,10 @@ async def _go_live_together(runs: list[Run], timeouts: Timeouts, batch_size: int
     return [f"{run.name}: {warning}" for run in ready for warning in run.warnings]
 
 
-async def _start(connection: Connection, argv: list[str], owns_schema: bool) -> Run:
-    run = Run(connection, await connection.start(argv), argv, owns_schema)
+async def _start(connection: Connection, argv: list[str], owns_schema: bool, token: str) -> Run:
+    """Start a server's orchestrated command: the lock's token first on its stdin, then the
+    barrier's words (deployer/gate.py)."""
+    run = Run(connection, await connection.start(argv, token), argv, owns_schema)
     run.pump = asyncio.ensure_future(run.proc.pump_stderr(lambda line: (run.lines.append(line), say_as(run.name, line))))
     return run
 
