@@ -17,7 +17,7 @@ import traceback
 
 import click
 
-from deployer import __version__, notify, output, releases, signals, standby
+from deployer import __version__, git, notify, output, releases, signals, standby
 from deployer import lock as lock_mod
 from deployer import plan as plan_mod
 from deployer.commands import activate as activate_cmd
@@ -30,7 +30,7 @@ from deployer.commands import rollback as rollback_cmd
 from deployer.commands import status as status_cmd
 from deployer.config import Config, config_path, load_config
 from deployer.errors import BadInput, DeployError, OperationFailed, shown
-from deployer.argv import rollback_argv_tail
+from deployer.argv import command as command_words, rollback_command
 from deployer.fleet import MAX_BARRIER, FleetConfig, is_fleet_file, load_fleet
 from deployer.gate import BARRIER_TIMEOUT, PUT_BACK_TIMEOUT, Gate
 from deployer.lock import deploy_lock, held_lock
@@ -43,7 +43,7 @@ class Session:
     def __init__(self, config_file: str | None, debug: bool, held_lock: str | None = None) -> None:
         self.config_file = config_file
         self.debug = debug
-        self.held_lock = held_lock  # an orchestrator's token: run under the lock it holds (§13)
+        self.held_lock = held_lock  # an orchestrator's token (read from stdin): run under the lock it holds (§13)
 
     def load(self) -> tuple[Config, Paths]:
         path = config_path(self.config_file)
@@ -119,12 +119,8 @@ def _locked(paths: Paths, wait: float):
 
 
 def _described() -> str:
-    """The command line recorded as the lock holder, without an orchestrator's token."""
-    args = sys.argv[1:]
-    if "--held-lock" in args:
-        at = args.index("--held-lock")
-        args = args[:at] + args[at + 2:]
-    return "deployer " + shlex.join(args)
+    """The command line recorded as the lock holder."""
+    return "deployer " + shlex.join(sys.argv[1:])
 
 
 def _run_locked(session: Session, wait: float, command_main, *args) -> None:
@@ -192,8 +188,21 @@ class ShaPrefix(click.ParamType):
 
     def convert(self, value, param, ctx) -> str:
         if not str(value).strip():
-            raise BadInput(f"{_option(param)} was given an empty sha", hint="name a release from `deployer list`, or leave the option out")
+            if isinstance(param, click.Option):
+                raise BadInput(f"{_option(param)} was given an empty sha",
+                               hint="name a release from `deployer list`, or leave the option out")
+            raise BadInput("an empty sha was given", hint="name a release from `deployer list`")
         return releases.validate_prefix(str(value))
+
+
+class CommitIsh(click.ParamType):
+    """A branch, tag or sha, checked as `release` checks it on one server (git.validate_ref):
+    an orchestrator refuses a bad ref before it contacts any server."""
+
+    name = "commit-ish"
+
+    def convert(self, value, param, ctx) -> str:
+        return git.validate_ref(str(value))
 
 
 def plan_options(command):
@@ -278,29 +287,33 @@ wait_option = click.option(
 @click.group(cls=DeployerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="FILE", help="Config file (default: $DEPLOYER_CONFIG, else ./releases.yml).")
 @click.option("--debug", is_flag=True, help="Show a traceback for failures.")
-@click.option("--held-lock", "held_lock_token", metavar="TOKEN", hidden=True,
-              help="Run under the lock an orchestrator holds with TOKEN (docs/design.md §13).")
+@click.option("--held-lock", "under_held_lock", is_flag=True, hidden=True,
+              help="Run under the lock an orchestrator holds; its token is the first line on stdin "
+                   "(docs/design.md §13).")
 @click.version_option(__version__, prog_name="deployer")
 @click.pass_context
-def main(ctx: click.Context, config_file: str | None, debug: bool, held_lock_token: str | None) -> None:
+def main(ctx: click.Context, config_file: str | None, debug: bool, under_held_lock: bool) -> None:
     """Atomic release-directory deploys for the Skinmenu site.
 
     Exit codes: 0 ok, 1 operation failed (live site left as it was or put back),
     2 bad input or configuration, 3 another deploy holds the lock.
     """
-    ctx.obj = Session(config_file, debug, held_lock_token)
+    ctx.obj = Session(config_file, debug)
+    if under_held_lock:  # first thing read from stdin; an orchestrated command's words come after it
+        ctx.obj.held_lock = lock_mod.read_token(sys.stdin.fileno())
     signals.stop_like_ctrl_c()
 
 
 @main.command()
-@click.argument("commit")
+@click.argument("commit", type=CommitIsh())
 @click.option("--rebuild", is_flag=True, help="Build again even if complete (not for the live release).")
 @wait_option
 @plan_options
 @click.pass_obj
 def release(session: Session, commit: str, rebuild: bool, wait: float, plan: bool, as_json: bool) -> None:
     """Build COMMIT (branch, tag or sha) into releases/<sha>. Prints the sha."""
-    fleet = _across_servers(session, plan, as_json, wait, ["release", commit] + (["--rebuild"] if rebuild else []))
+    fleet = _across_servers(session, plan, as_json, wait,
+                            command_words("release", *(["--rebuild"] if rebuild else []), operands=[commit]))
     if fleet is not None:
         if rebuild:
             raise BadInput("--rebuild runs on one server at a time",
@@ -314,14 +327,14 @@ def release(session: Session, commit: str, rebuild: bool, wait: float, plan: boo
 
 
 @main.command()
-@click.argument("sha")
+@click.argument("sha", type=ShaPrefix())
 @wait_option
 @plan_options
 @orchestrated_options
 @click.pass_obj
 def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool, **orchestration) -> None:
     """Make a built release live: migrate, switch, restart, smoke test (or switch back)."""
-    fleet = _across_servers(session, plan, as_json, wait, ["activate", sha])
+    fleet = _across_servers(session, plan, as_json, wait, command_words("activate", operands=[sha]))
     if fleet is not None:
         if not plan:
             _fleet_live().activate(fleet, sha)
@@ -332,13 +345,13 @@ def activate(session: Session, sha: str, wait: float, plan: bool, as_json: bool,
 
 
 @main.command()
-@click.argument("commit")
+@click.argument("commit", type=CommitIsh())
 @wait_option
 @plan_options
 @click.pass_obj
 def deploy(session: Session, commit: str, wait: float, plan: bool, as_json: bool) -> None:
     """Release COMMIT, then activate it."""
-    fleet = _across_servers(session, plan, as_json, wait, ["deploy", commit])
+    fleet = _across_servers(session, plan, as_json, wait, command_words("deploy", operands=[commit]))
     if fleet is not None:
         if not plan:
             _fleet_live().deploy(fleet, commit)
@@ -361,7 +374,7 @@ def rollback(session: Session, to: str | None, migrate: bool, force: bool, wait:
     """Make the previously live release live again (from history)."""
     if migrate and force:
         raise BadInput("--migrate and --force exclude each other", hint="pass one of them")
-    fleet = _across_servers(session, plan, as_json, wait, rollback_argv_tail(to, migrate, force))
+    fleet = _across_servers(session, plan, as_json, wait, rollback_command(to, migrate, force))
     if fleet is not None:
         if not plan:
             _fleet_live().rollback(fleet, to, migrate, force)
@@ -442,11 +455,12 @@ def expire_standby(session: Session, wait: float) -> None:
 
 
 @main.command(name="hold-lock", hidden=True)
-@click.option("--token", required=True, metavar="TOKEN")
 @click.pass_obj
-def hold_lock(session: Session, token: str) -> None:
+def hold_lock(session: Session) -> None:
     """Take the deploy lock for an orchestrator and hold it while its heartbeat comes (docs/design.md
-    §13): when the orchestrator dies, or the network to it goes, the lock is released."""
+    §13): when the orchestrator dies, or the network to it goes, the lock is released. The token
+    is the first line on stdin; the heartbeat's newlines follow it."""
+    token = session.held_lock or lock_mod.read_token(sys.stdin.fileno())
     config, paths = session.load()
     with deploy_lock(paths, "deployer hold-lock (for an orchestrator)", 0, orchestrator_token=token):
         click.echo(json.dumps({"locked": True, "holder": lock_mod.read_holder(paths)}))

@@ -16,8 +16,9 @@ _REF_RE = re.compile(r"[A-Za-z0-9._/@^~{}:+-]{1,200}")
 
 
 def validate_ref(ref: str) -> str:
-    """Syntax only: the mirror decides whether it names a commit."""
-    if not _REF_RE.fullmatch(ref) or ref.startswith("-"):
+    """Syntax only: the mirror decides whether it names a commit. `..` (a range, or a path
+    going up) never names one commit."""
+    if not _REF_RE.fullmatch(ref) or ref.startswith("-") or ".." in ref:
         raise BadInput(f"{shown(ref)} is not a valid commit-ish", hint="give a branch, tag or sha")
     return ref
 

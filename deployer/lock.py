@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from deployer.errors import LockHeld
+from deployer.errors import BadInput, LockHeld
 from deployer.paths import Paths
 
 
@@ -31,6 +31,35 @@ def describe_holder(holder: dict) -> str:
         f"pid {holder.get('pid')} ({holder.get('user')}@{holder.get('host')}, "
         f"'{holder.get('command')}', since {holder.get('since')})"
     )
+
+
+TOKEN_TIMEOUT = 60.0  # the orchestrator writes the token as soon as the command starts
+_MAX_TOKEN = 200
+_TOKEN_CHARACTERS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.")
+
+
+def read_token(fd: int, timeout: float = TOKEN_TIMEOUT) -> str:
+    """An orchestrator's lock token: the first line on stdin, never in argv, where any user of
+    the server could read it (/proc/PID/cmdline). Read one byte at a time, so that nothing after
+    it (the heartbeat, the barrier's words: deployer/gate.py) is taken from the next reader."""
+    line = bytearray()
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise BadInput(f"no lock token on stdin within {timeout:g}s",
+                           hint="--held-lock and hold-lock read the orchestrator's token from the first line of stdin")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+        if len(line) > _MAX_TOKEN + 1:
+            break
+    token = line.decode("ascii", errors="replace").removesuffix("\n")
+    if not token or len(token) > _MAX_TOKEN or not set(token) <= _TOKEN_CHARACTERS:
+        raise BadInput("the first line on stdin is not a lock token",  # never shown: it may be one
+                       hint="--held-lock and hold-lock read the orchestrator's token from the first line of stdin")
+    return token
 
 
 def token_id(token: str) -> str:

@@ -25,6 +25,7 @@ with warnings.catch_warnings():
     # orchestrator run, before any step line (known_hosts and ssh.identity decide the key types).
     warnings.simplefilter("ignore", CryptographyDeprecationWarning)
     import asyncssh
+    from asyncssh.public_key import get_default_certificate_algs, get_default_public_key_algs
 
 from deployer import __version__
 from deployer.argv import command_of, hold_lock_argv, version_argv
@@ -60,12 +61,16 @@ class Connection:
         self.command_timeout = command_timeout  # timeouts.command: version, status, list, prune
         self.lock: HeldLock | None = None  # taken by lock_all
 
-    async def run(self, argv: list[str], timeout: float | None = None) -> Result:
+    async def run(self, argv: list[str], timeout: float | None = None, token: str | None = None) -> Result:
+        """Run a command to its end. With `token` (a command under the orchestrator's lock), the
+        token is its stdin's only line; else its stdin is empty."""
         timeout = timeout or self.command_timeout
+        stdin = token_line(token) if token else None
         try:
             if self._ssh is None:
-                return await _run_local(argv, timeout)
-            done = await self._ssh.run(shlex.join(argv), check=False, timeout=timeout, stdin=asyncssh.DEVNULL)
+                return await _run_local(argv, timeout, stdin)
+            done = await self._ssh.run(shlex.join(argv), check=False, timeout=timeout,
+                                       **({"input": stdin} if stdin else {"stdin": asyncssh.DEVNULL}))
             status = done.exit_status if done.exit_status is not None else 255
             return Result(argv, status, _text(done.stdout), _text(done.stderr))
         except (asyncssh.TimeoutError, asyncio.TimeoutError) as exc:
@@ -84,21 +89,26 @@ class Connection:
             raise OperationFailed(f"{self.server.name}: `deployer {command_of(argv)}` did not answer JSON",
                                   details=tail(result.stdout + result.stderr)) from None
 
-    async def start(self, argv: list[str]) -> "Process":
-        """Start a command with its stdin, stdout and stderr open to us."""
+    async def start(self, argv: list[str], token: str | None = None) -> "Process":
+        """Start a command with its stdin, stdout and stderr open to us; with `token` (a command
+        under the orchestrator's lock), the token is the first line on its stdin."""
         try:
             if self._ssh is None:
                 raw = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
                                                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             else:
-                raw = await self._ssh.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
+                raw = await self._ssh.create_process(shlex.join(argv), encoding=None)  # bytes, as a local child
         except (asyncssh.Error, OSError) as exc:
             raise OperationFailed(f"{self.server.name}: cannot start `deployer {command_of(argv)}`: {_why(exc)}") from exc
-        return Process(raw)
+        process = Process(raw)
+        if token:
+            process.write(token_line(token))
+        return process
 
-    async def run_streaming(self, argv: list[str], show: Callable[[str], Any], timeout: float) -> Result:
+    async def run_streaming(self, argv: list[str], show: Callable[[str], Any], timeout: float,
+                            token: str | None = None) -> Result:
         """Run a command, handing its stderr lines to `show` as they come (live progress)."""
-        proc = await self.start(argv)
+        proc = await self.start(argv, token)
         lines: list[str] = []
         pump = asyncio.ensure_future(proc.pump_stderr(lambda line: (lines.append(line), show(line))))
         try:
@@ -116,8 +126,8 @@ class Connection:
     async def hold_lock(self, token: str, timeout: float) -> "HeldLock":
         """Take this server's deploy lock for the orchestrator: a remote `hold-lock` process that
         keeps it while we keep writing to it, so the lock goes when this connection goes."""
-        argv = hold_lock_argv(self.server, token)
-        proc = await self.start(argv)
+        argv = hold_lock_argv(self.server)
+        proc = await self.start(argv, token)
         try:
             first = await asyncio.wait_for(proc.readline("stdout"), timeout)
         except asyncio.TimeoutError:
@@ -143,35 +153,37 @@ class Connection:
             await self._ssh.wait_closed()
 
 
+LINE_LIMIT = 1024 * 1024  # bytes of one line kept: far more than any event line a server says
+SHOWN_LINE = 2000  # bytes of one line of a server's output shown to the operator
+_CHUNK = 64 * 1024
+
+
 class Process:
     """A running command on a server (a local child, or an SSH channel), read line by line."""
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
         self._local = isinstance(raw, asyncio.subprocess.Process)
+        self._streams = {"stdout": Lines(raw.stdout), "stderr": Lines(raw.stderr)}
 
-    async def readline(self, stream: str) -> str:
-        """The next line of "stdout" or "stderr"; "" at its end (or when the connection is gone)."""
-        try:
-            return _text(await getattr(self._raw, stream).readline())
-        except (asyncssh.Error, OSError):
-            return ""
+    async def readline(self, stream: str, limit: int = LINE_LIMIT) -> str:
+        """The next line of "stdout" or "stderr"; "" at its end (or when the connection is gone).
+        A line longer than `limit` bytes comes back cut, saying how much was cut."""
+        return _text(await self._streams[stream].readline(limit))
 
     async def pump_stderr(self, show: Callable[[str], Any]) -> None:
-        """Hand each stderr line (without its newline) to `show` as it comes, until its end."""
-        while line := await self.readline("stderr"):
+        """Hand each stderr line (without its newline, cut to SHOWN_LINE bytes) to `show` as it
+        comes, until its end."""
+        while line := await self.readline("stderr", SHOWN_LINE):
             show(line.rstrip("\n"))
 
     async def read(self, stream: str) -> str:
-        try:
-            return _text(await getattr(self._raw, stream).read())
-        except (asyncssh.Error, OSError):
-            return ""
+        return _text(await self._streams[stream].read_all())
 
     def write(self, text: str) -> bool:
         """Write to its stdin; False when it is gone."""
         try:
-            self._raw.stdin.write(text.encode() if self._local else text)
+            self._raw.stdin.write(text.encode())
             return True
         except (asyncssh.Error, OSError, RuntimeError):
             return False
@@ -194,6 +206,64 @@ class Process:
             return done.exit_status if done.exit_status is not None else 255
         except (asyncssh.Error, OSError):
             return 255
+
+
+class Lines:
+    """One output stream of a process, read in chunks and cut into lines. A line of any length
+    is safe: asyncio's own readline raises ValueError past 64 KiB (a hook printing one long
+    line would have crashed the orchestrator); past `limit` bytes the rest of a line is dropped
+    and counted."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self._ended = False
+
+    async def readline(self, limit: int) -> bytes:
+        """The next line with its newline (the last one may have none); b"" at the end."""
+        while b"\n" not in self._buffer and not self._ended:
+            if len(self._buffer) > limit:
+                return await self._cut_line(limit)
+            await self._fill()
+        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
+        if end > limit + 1:
+            return await self._cut_line(limit)
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return line
+
+    async def read_all(self) -> bytes:
+        while not self._ended:
+            await self._fill()
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+    async def _cut_line(self, limit: int) -> bytes:
+        """The first `limit` bytes of the current line and how many bytes of it were dropped."""
+        head = bytes(self._buffer[:limit])
+        del self._buffer[:limit]
+        dropped = 0
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                dropped += newline
+                del self._buffer[:newline + 1]
+                break
+            dropped += len(self._buffer)
+            self._buffer.clear()
+            if self._ended:
+                break
+            await self._fill()
+        return head + f" … [{dropped} bytes cut]\n".encode()
+
+    async def _fill(self) -> None:
+        try:
+            chunk = await self._stream.read(_CHUNK)
+        except (asyncssh.Error, OSError):  # the connection is gone: the stream has ended
+            chunk = b""
+        self._ended = not chunk
+        self._buffer += chunk
 
 
 HEARTBEAT = 2.0  # seconds between the orchestrator's heartbeats to a held lock (see `hold-lock`)
@@ -245,14 +315,20 @@ def _text(value: Any) -> str:
     return value or ""
 
 
-async def _run_local(argv: list[str], timeout: float) -> Result:
+def token_line(token: str) -> str:
+    """How a command under the orchestrator's lock gets the token: the first line on its stdin."""
+    return token + "\n"
+
+
+async def _run_local(argv: list[str], timeout: float, stdin: str | None = None) -> Result:
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
         return Result(argv, 127, "", f"{argv[0]}: {exc.strerror or exc}")
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), timeout)
     except (asyncio.TimeoutError, asyncio.CancelledError):
         proc.kill()
         await proc.wait()
@@ -297,6 +373,14 @@ async def connect(fleet: FleetConfig, server: Server) -> Connection:
     return connection
 
 
+# As OpenSSH does: the key types known_hosts lists for the host first (asyncssh's own order),
+# then every other default type. Offering only the listed types would make a server whose key is
+# of another type hang up during key exchange (a "cannot reach"); offered all, it shows its key,
+# which known_hosts then refuses like any changed key.
+_HOST_KEY_ALGS = "+" + ",".join(alg.decode("ascii") for alg in
+                                get_default_certificate_algs() + get_default_public_key_algs())
+
+
 async def _open_ssh(fleet: FleetConfig, server: Server) -> asyncssh.SSHClientConnection:
     ssh = fleet.ssh
     where = f"{server.host} port {server.port}"
@@ -305,6 +389,8 @@ async def _open_ssh(fleet: FleetConfig, server: Server) -> asyncssh.SSHClientCon
             server.host, server.port,
             username=server.user or (),
             known_hosts=str(ssh.known_hosts),  # never None: None would accept any key
+            x509_trusted_certs=None, x509_trusted_cert_paths=[],  # host trust is known_hosts only
+            server_host_key_algs=_HOST_KEY_ALGS,
             client_keys=[str(ssh.identity)] if ssh.identity else (),
             agent_path=None if ssh.identity else (),
             config=[],  # ~/.ssh/config could change the host, port or keys behind this file's back

@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 
-from deployer.argv import check_argv, list_argv, plan_argv, prune_argv, release_argv, status_argv
+from deployer.argv import check_argv, list_argv, plan_argv, prune_argv, release_argv, shown_command, status_argv
 from deployer.errors import DeployError, OperationFailed
 from deployer.fleet import FleetConfig
 from deployer.remote import Connection, Outcome, locked, on_each, remote_failure, worst
@@ -156,9 +156,9 @@ async def _release_on(connection: Connection, ref: str, token: str, gate: asynci
                       timeout: float) -> Outcome:
     async with gate:
         try:
-            result = await connection.run_streaming(release_argv(connection.server, ref, token),
+            result = await connection.run_streaming(release_argv(connection.server, ref),
                                                     lambda line: say_as(connection.server.name, line),
-                                                    timeout)
+                                                    timeout, token)
         except DeployError as exc:
             return Outcome(connection.server, error=exc)
     if not result.ok:  # its last step lines come with the error, as `    | ` lines
@@ -176,7 +176,8 @@ async def _build_everywhere(fleet: FleetConfig, connections: list[Connection], r
     # A branch that moved between two servers' fetches: the migrations server's sha wins.
     others = [c for c, outcome in zip(connections, outcomes) if outcome.value != sha]
     if others:
-        _raise_build_failure(await asyncio.gather(*(_release_on(c, sha, token, gate) for c in others)))
+        _raise_build_failure(await asyncio.gather(*(_release_on(c, sha, token, gate, fleet.timeouts.build)
+                                                    for c in others)))
     return sha
 
 
@@ -215,7 +216,7 @@ def plan(fleet: FleetConfig, command: list[str], as_json: bool) -> None:
         ]}, sys.stdout, indent=2)
         print()
     else:
-        print(f"plan: {' '.join(command)} on {len(outcomes)} server(s) (nothing is changed; no lock is taken)")
+        print(f"plan: {shown_command(command)} on {len(outcomes)} server(s) (nothing is changed; no lock is taken)")
         if command[0] in ("deploy", "activate", "rollback"):
             print(f"[all] migrations run once, on {fleet.migrations_server.name}; the others leave the schema to it")
         for outcome in outcomes:
@@ -273,7 +274,7 @@ def prune(fleet: FleetConfig, keep: int | None, dry_run: bool) -> None:
     async def run() -> list[Outcome]:
         async with locked(fleet) as (connections, token):
             async def one(connection: Connection) -> Outcome:
-                result = await connection.run(prune_argv(connection.server, keep, dry_run, token))
+                result = await connection.run(prune_argv(connection.server, keep, dry_run), token=token)
                 say_as(connection.server.name, result.stdout + result.stderr)
                 if not result.ok:
                     return Outcome(connection.server, error=remote_failure(connection.server, result))

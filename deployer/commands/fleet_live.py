@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 from deployer import history
 from deployer.argv import (
-    activate_argv, list_argv, orchestrated, rollback_argv, rollback_argv_tail,
+    activate_argv, list_argv, orchestrated, rollback_argv, rollback_command,
 )
 from deployer.commands.fleet import build_everywhere, plan_of, same_release, say_as, status_of
 from deployer.errors import BadInput, DeployError, OperationFailed
@@ -162,7 +162,7 @@ async def _rollback_target(connections: list[Connection], to: str | None, migrat
     """A target that was live on every server. Servers on one release: each one's own choice
     (from its history), which must agree. Servers left mixed (an orchestrator killed between
     commits): the release some are still on and the others would roll back to."""
-    command = rollback_argv_tail(to, migrate, force)
+    command = rollback_command(to, migrate, force)
     plans = dict(zip((c.server.name for c in connections),
                      await asyncio.gather(*(plan_of(c, command) for c in connections))))
     targets = {name: None if plan.get("refused") else plan.get("sha") for name, plan in plans.items()}
@@ -222,9 +222,9 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
     barrier = timeouts.barrier(batches=-(-len(connections) // batch_size))
 
     def start(connection: Connection, owns_schema: bool, argv_of: ArgvOf = argv_of):
-        argv = orchestrated(argv_of(connection.server), token, deploy_id, owns_schema,
+        argv = orchestrated(argv_of(connection.server), deploy_id, owns_schema,
                             barrier_timeout=barrier, put_back_timeout=timeouts.put_back)
-        return _start(connection, argv, owns_schema)
+        return _start(connection, argv, owns_schema, token)
 
     async def put_back(stray: Run) -> None:
         """A server whose deployer died after the word to go live (killed there) cannot put
@@ -282,8 +282,10 @@ async def _go_live_together(runs: list[Run], timeouts: Timeouts, batch_size: int
     return [f"{run.name}: {warning}" for run in ready for warning in run.warnings]
 
 
-async def _start(connection: Connection, argv: list[str], owns_schema: bool) -> Run:
-    run = Run(connection, await connection.start(argv), argv, owns_schema)
+async def _start(connection: Connection, argv: list[str], owns_schema: bool, token: str) -> Run:
+    """Start a server's orchestrated command: the lock's token first on its stdin, then the
+    barrier's words (deployer/gate.py)."""
+    run = Run(connection, await connection.start(argv, token), argv, owns_schema)
     run.pump = asyncio.ensure_future(run.proc.pump_stderr(lambda line: (run.lines.append(line), say_as(run.name, line))))
     return run
 

@@ -258,12 +258,12 @@ class Deployment:
         config.update(overrides)
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def deployer(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def deployer(self, *args: str, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:
         """Run the real CLI as the operator would; never raises on a non-zero exit."""
         env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "DEPLOYER_DEBUG")}
         return subprocess.run(
             [sys.executable, "-m", "deployer", "--config", str(self.config_file), *args],
-            capture_output=True, text=True, timeout=timeout, env=env,
+            capture_output=True, text=True, timeout=timeout, env=env, input=input,
         )
 
     def ok(self, *args: str) -> subprocess.CompletedProcess:

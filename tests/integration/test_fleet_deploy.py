@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from fleet_setup import Orchestrator, lock_of, one_error_line, settled
+from fleet_setup import REMOTE_DEPLOYER, Orchestrator, lock_of, one_error_line, settled
 
 
 def _both_on(deployment, second, sha: str) -> None:
@@ -257,3 +257,37 @@ def test_bad_input_across_servers_is_one_line_exit_2_and_changes_nothing(orchest
         one_error_line(result)
         _both_on(deployment, second, base)
         assert lock_of(deployment) is None and lock_of(second) is None
+
+
+LONG_LINE = 200 * 1024
+
+
+def _chatty_deployer(path) -> str:
+    """A server's deployer that first says one 200 KiB line on stdout when the orchestrator runs
+    its activation (where the orchestrator reads stdout line by line, for events)."""
+    path.write_text("#!/bin/sh\n"
+                    f'case "$*" in *--orchestrated*) {sys.executable} -c "print(\'y\' * {LONG_LINE})";; esac\n'
+                    f'exec {REMOTE_DEPLOYER} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_200_kib_line_from_a_server_is_shown_cut_and_the_deploy_goes_on(orchestrator, deployment, second,
+                                                                            tmp_path):
+    """A hook prints one long line on each server: app1 run as `ssh: local` (a local child
+    process), app2 over SSH, whose deployer also says a long line on stdout."""
+    _deploy_base_on_both(orchestrator)
+    for d in (deployment, second):
+        d.write_config(hooks={"before_switch": [f"python -c \"print('x' * {LONG_LINE})\""]})
+    orchestrator.write([deployment.config_file, second.config_file], app1={"ssh": "local"},
+                       app2={"deployer": _chatty_deployer(tmp_path / "chatty-deployer")})
+    sha = deployment.source.sha("second")
+
+    result = orchestrator.run("deploy", "second")
+
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert result.returncode == 0, result.stderr[-4000:]
+    _both_on(deployment, second, sha)
+    shown = [line for line in result.stderr.splitlines() if "xxxxxxxxxx" in line]
+    assert {line.split()[0] for line in shown} == {"[app1]", "[app2]"}, [line[:80] for line in shown]
+    assert all(len(line) < 4096 and line.endswith("bytes cut]") for line in shown), [line[-80:] for line in shown]

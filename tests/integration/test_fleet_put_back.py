@@ -156,9 +156,9 @@ async def main():
     async with locked(fleet) as (connections, token):
         procs = []
         for number, connection in enumerate(connections):  # the migrations server (app1) first
-            argv = orchestrated(activate_argv(connection.server, sha), token, "20261204T120000Z-0a1b2c",
+            argv = orchestrated(activate_argv(connection.server, sha), "20261204T120000Z-0a1b2c",
                                 number == 0, barrier_timeout=600, put_back_timeout=30)
-            procs.append(await connection.start(argv))
+            procs.append(await connection.start(argv, token))
             asyncio.ensure_future(procs[-1].pump_stderr(lambda line: None))
             if number == 0:
                 await until(procs[0], "migrated")

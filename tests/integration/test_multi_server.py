@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import sshd_server
+
+from deployer.lock import token_id
 
 from fleet_setup import REMOTE_DEPLOYER, lock_of as _lock_of, one_error_line as _one_error_line
 
@@ -84,6 +89,24 @@ def test_a_changed_host_key_is_refused_with_exit_2_even_by_check(orchestrator, d
         assert "host key of 127.0.0.1" in _one_error_line(result)
 
 
+def test_a_known_key_of_another_type_is_a_changed_host_key_exit_2_not_unreachable(
+        orchestrator, deployment, second, tmp_path):
+    """known_hosts lists an RSA key for 127.0.0.1 (another host's), the server's key is ed25519:
+    that is a key that does not match, not a server that cannot be reached."""
+    deployment.ok("deploy", "base")
+    other_host = sshd_server.keygen(tmp_path / "other_host_rsa", kind="rsa")
+    rsa_only = orchestrator.sshd.known_hosts_with("rsa_known_hosts", sshd_server.public_line(other_host))
+    orchestrator.write([deployment.config_file, second.config_file], known_hosts=rsa_only)
+    for command in (("status",), ("deploy", "second")):
+        result = orchestrator.run(*command)
+        assert result.returncode == 2, result.stdout + result.stderr
+        line = _one_error_line(result)
+        assert "app1: host key of 127.0.0.1" in line and "not verified" in line, line
+        assert result.stderr.splitlines() == [line]  # nothing else: no library warning either
+    assert deployment.current == deployment.source.sha("base") and second.current is None
+    assert second.releases == set() and _lock_of(deployment) is None
+
+
 def test_a_server_running_another_deployer_version_is_refused(orchestrator, deployment, second, tmp_path):
     old = tmp_path / "old-deployer"
     old.write_text("#!/bin/sh\necho 'deployer, version 0.0.1'\n")
@@ -126,10 +149,11 @@ def test_release_builds_the_same_release_on_every_server_and_changes_nothing_liv
 
 
 def test_a_lock_held_on_one_server_releases_the_others_and_exits_3_naming_it(orchestrator, deployment, second):
-    holder = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(second.config_file),
-                               "hold-lock", "--token", "someone-else"],
+    holder = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(second.config_file), "hold-lock"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        holder.stdin.write("someone-else\n")  # its token, then the heartbeat would follow
+        holder.stdin.flush()
         assert '"locked": true' in holder.stdout.readline()
         result = orchestrator.run("release", "second")
         assert result.returncode == 3, result.stderr
@@ -148,9 +172,11 @@ def test_the_orchestrators_lock_goes_when_its_ssh_connection_is_killed(orchestra
     client = subprocess.Popen(
         ["ssh", "-F", "/dev/null", "-i", str(sshd.client_key), "-o", f"UserKnownHostsFile={sshd.known_hosts}",
          "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(sshd.port), f"{sshd.user}@127.0.0.1",
-         REMOTE_DEPLOYER, "--config", str(deployment.config_file), "hold-lock", "--token", "orchestrator"],
+         REMOTE_DEPLOYER, "--config", str(deployment.config_file), "hold-lock"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        client.stdin.write("orchestrator\n")
+        client.stdin.flush()
         assert '"locked": true' in client.stdout.readline()
         assert _lock_of(deployment)["orchestrator"]  # held for an orchestrator (its token's digest)
         blocked = deployment.deployer("release", "base")
@@ -199,7 +225,7 @@ def test_an_orchestrator_killed_during_the_build_leaves_no_lock_and_the_next_rel
 
 
 def test_a_command_claiming_an_orchestrators_lock_that_is_not_held_is_exit_3(deployment):
-    result = deployment.deployer("--held-lock", "not-a-real-token", "release", "base")
+    result = deployment.deployer("--held-lock", "release", "base", input="not-a-real-token\n")
     assert result.returncode == 3
     assert "the orchestrator's lock on this server is not held" in _one_error_line(result)
     assert deployment.releases == set()
@@ -213,3 +239,88 @@ def test_a_server_named_local_is_run_without_ssh_beside_one_over_ssh(orchestrato
     assert [(row["name"], row["destination"]) for row in rows] == [
         ("app1", "local"), ("app2", f"{orchestrator.sshd.user}@127.0.0.1:{orchestrator.sshd.port}")]
     assert all(row["error"] is None and row["status"]["lock"] is None for row in rows)
+
+
+BAD_REFS = ["--help", "-x", "", "a b", "..", "refs/../x", "r" * 300, b"\xff\xfe-not-utf-8", "main\nrm"]
+
+
+def _asked_with(command: str, ref: str | bytes) -> list[str | bytes]:
+    """How an operator passes `ref` to `command` (after `--`, so that `--help` is the ref)."""
+    return ["rollback", "--to", ref] if command == "rollback" else [command, "--", ref]
+
+
+def _what_is_there(d) -> tuple:
+    return d.releases, d.current, d.history(), _lock_of(d)
+
+
+def test_a_bad_ref_is_refused_by_the_orchestrator_before_any_server_is_asked(orchestrator, deployment, second):
+    deployment.ok("deploy", "base")
+    before = [_what_is_there(d) for d in (deployment, second)]
+    for command in ("release", "deploy", "activate", "rollback"):
+        for ref in BAD_REFS:
+            result = orchestrator.run(*_asked_with(command, ref))
+            asked = f"{command} {ref!r}"
+            assert result.returncode == 2, (asked, result.stdout, result.stderr)
+            line = _one_error_line(result)
+            assert "[app" not in result.stderr and "app1" not in line and "app2" not in line, (asked, result.stderr)
+            assert result.stdout == "", (asked, result.stdout)  # no help text, no sha
+    assert [_what_is_there(d) for d in (deployment, second)] == before
+
+
+_HEX32 = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")  # secrets.token_hex(16), as a token is made
+
+
+def _command_lines_naming(*paths: Path) -> list[str]:
+    """The command line of every process that names one of `paths`, as any user of the machine
+    can read it in /proc/PID/cmdline."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(str(path) in line for path in paths):
+            found.append(line)
+    return found
+
+
+def test_the_lock_token_is_in_no_command_line_and_the_lock_still_holds(orchestrator, deployment, second,
+                                                                       wait_until):
+    for d in (deployment, second):
+        d.write_config(hooks={"after_build": ["sleep 8"]})  # each build holds its lock a while
+    env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "DEPLOYER_DEBUG", "SSH_AUTH_SOCK")}
+    deploying = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file),
+                                  "deploy", "base"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen: set[str] = set()
+
+    def watch() -> None:
+        while deploying.poll() is None:
+            seen.update(_command_lines_naming(deployment.config_file, second.config_file, orchestrator.config_file))
+            time.sleep(0.02)
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        assert wait_until(lambda: (_lock_of(deployment) or {}).get("orchestrator")
+                          and (_lock_of(second) or {}).get("orchestrator"), timeout=120)
+        digest = _lock_of(deployment)["orchestrator"]
+
+        another = orchestrator.run("release", "base")
+        assert another.returncode == 3, another.stderr
+        assert "app1: another deploy holds the lock" in _one_error_line(another)
+        wrong = second.deployer("--held-lock", "release", "base", input="0123456789abcdef" * 2 + "\n")
+        assert wrong.returncode == 3 and "the orchestrator's lock on this server is not held" in wrong.stderr
+        none = second.deployer("--held-lock", "release", "base", input="")
+        assert none.returncode == 2 and "not a lock token" in _one_error_line(none)
+
+        out, err = deploying.communicate(timeout=600)
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+        watching.join()
+    assert deploying.returncode == 0, err
+    assert deployment.current == second.current == deployment.source.sha("base")
+
+    assert any(" hold-lock" in line for line in seen) and any("--orchestrated" in line for line in seen), seen
+    assert any(" --held-lock " in line and " release -- base" in line for line in seen), seen
+    assert not [line for line in seen if _HEX32.search(line)]
+    assert not [word for word in _HEX32.findall(out + err) if token_id(word) == digest]
