@@ -2,6 +2,7 @@
 unprivileged nginx with every path under a scratch prefix. It must serve the live release's
 hashed static files the way production does and proxy the rest with production's headers."""
 
+import http.client
 import http.server
 import importlib.util
 import os
@@ -107,6 +108,7 @@ def test_the_demo_nginx_config_is_valid_and_keeps_every_path_under_its_prefix(tm
         if words and words[0] in ("pid", "error_log", "access_log") or words[:1] and words[0].endswith("_temp_path"):
             assert words[1].startswith(str(prefix)), line
     assert "listen 127.0.0.1:1;" in conf
+    assert "listen 127.0.0.1:1 default_server;" in conf
 
 
 def test_the_demo_serves_the_live_releases_hashed_static_file_cached_for_a_year(front_door, deploy_root):
@@ -151,3 +153,18 @@ def test_the_demo_proxies_pages_with_productions_headers_whatever_the_client_cla
     assert seen["X-Real-IP"] == "127.0.0.1"
     assert seen["X-Forwarded-Proto"] == "http"  # the truth: the demo is plain HTTP
     assert "X-Forwarded-Host" not in seen and "Forwarded" not in seen
+
+
+def test_the_demo_drops_a_request_for_another_host_without_reaching_the_app(front_door):
+    host, port = front_door.removeprefix("http://").split(":")
+    before = len(Upstream.seen)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": "scanner.invalid"})
+        with pytest.raises(http.client.RemoteDisconnected):
+            conn.getresponse()  # 444: nginx closes the connection without a word
+    finally:
+        conn.close()
+    assert len(Upstream.seen) == before
+    for name in ("127.0.0.1", "localhost"):
+        assert get(front_door.replace("127.0.0.1", name) + "/treatments/").status == 200
