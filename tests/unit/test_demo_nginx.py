@@ -6,6 +6,7 @@ import http.client
 import http.server
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -17,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HASHED = "css/site.0123456789ab.css"
+FAVICON = REPO / "app" / "static" / "favicon.ico"
 
 
 def load_demo():
@@ -69,6 +71,7 @@ def deploy_root(tmp_path_factory):
         (static / HASHED).write_bytes(css)
         (static / "css" / "site.css").write_bytes(css)
         (static / ".secret").write_text("no")
+        shutil.copy(FAVICON, static / "favicon.ico")
     (root / "shared" / "media" / "documents").mkdir(parents=True)
     (root / "shared" / "media" / "documents" / "private.pdf").write_bytes(b"%PDF private")
     (root / "current").symlink_to("releases/" + "a" * 40)
@@ -168,3 +171,10 @@ def test_the_demo_drops_a_request_for_another_host_without_reaching_the_app(fron
     assert len(Upstream.seen) == before
     for name in ("127.0.0.1", "localhost"):
         assert get(front_door.replace("127.0.0.1", name) + "/treatments/").status == 200
+
+
+def test_a_browser_asking_for_favicon_ico_gets_the_live_releases_icon(front_door):
+    resp = get(f"{front_door}/favicon.ico")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "image/x-icon"
+    assert resp.read() == FAVICON.read_bytes()
