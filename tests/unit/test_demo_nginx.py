@@ -6,6 +6,7 @@ import http.client
 import http.server
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -43,7 +44,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         Upstream.seen.append(dict(self.headers.items()))
-        self.send_response(200)
+        self.send_response(404 if self.path == "/no-such-page" else 200)
         self.send_header("Strict-Transport-Security", "max-age=31536000")
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -178,3 +179,34 @@ def test_a_browser_asking_for_favicon_ico_gets_the_live_releases_icon(front_door
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "image/x-icon"
     assert resp.read() == FAVICON.read_bytes()
+
+
+def policies(conf: Path) -> dict[str, str]:
+    """The $skinmenu_csp map ('default' or the admin's regex -> policy) and the Permissions-Policy."""
+    text = conf.read_text()
+    block = re.search(r"map \$uri \$skinmenu_csp \{(.*?)\}", text, re.S)[1]
+    found = dict(re.findall(r'^\s*("[^"]+"|default)\s+"([^"]+)";', block, re.M))
+    found["Permissions-Policy"] = re.search(r'add_header Permissions-Policy "([^"]+)" always;', text)[1]
+    return found
+
+
+def test_the_demo_sends_productions_policies_word_for_word():
+    production = policies(REPO / "nginx" / "skinmenu.conf")
+    assert set(production) == {"default", '"~^/(django-)?admin/"', "Permissions-Policy"}
+    assert policies(REPO / "scripts" / "demo-nginx.conf") == production
+
+
+def test_every_page_gets_the_sites_csp_and_the_admin_its_own(front_door):
+    production = policies(REPO / "nginx" / "skinmenu.conf")
+    for path, policy in (("/", production["default"]), ("/treatments/", production["default"]),
+                         ("/admin/", production['"~^/(django-)?admin/"']),
+                         ("/admin/pages/3/edit/", production['"~^/(django-)?admin/"']),
+                         ("/django-admin/", production['"~^/(django-)?admin/"'])):
+        resp = get(f"{front_door}{path}")
+        assert resp.status == 200, path
+        assert resp.headers["Content-Security-Policy"] == policy, path
+        assert resp.headers["Permissions-Policy"] == production["Permissions-Policy"], path
+    site = production["default"]
+    assert "'unsafe-inline'" not in site and "default-src 'self'" in site and "object-src 'none'" in site
+    # A page's own error (the upstream's 404 or 500) carries the policy too (`always`).
+    assert get(f"{front_door}/no-such-page").headers["Content-Security-Policy"] == site
