@@ -28,14 +28,16 @@ REPO = Path(__file__).resolve().parents[2]
 ADMIN, PASSWORD = "editor", secrets.token_urlsafe(16)
 
 
-def load_demo():
-    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+def load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-demo = load_demo()
+demo = load("demo_script", REPO / "scripts" / "demo.py")
+# This tier's helpers, by path: `import conftest` may find another tier's conftest first.
+app_tier = load("app_tier_conftest", Path(__file__).with_name("conftest.py"))
 
 
 def ci() -> bool:
@@ -69,8 +71,6 @@ def site(built_release, short_tmp):
     """The built release behind the demo's nginx on 127.0.0.1, as `make demo` serves it:
     a copy of its migrated database with the demo content and an admin, gunicorn on a unix
     socket, nginx's /static/ from current/staticfiles/. Yields the site's origin."""
-    from conftest import make_prod_env, run_manage
-
     nginx = required("nginx", demo.find_nginx(), "apt-get install nginx")
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
@@ -79,13 +79,13 @@ def site(built_release, short_tmp):
     (deploy_root / "current").symlink_to(built_release)
     database = short_tmp / "skinmenu.sqlite3"
     shutil.copy(built_release / "db" / "skinmenu.sqlite3", database)
-    env = {**make_prod_env(short_tmp), "DJANGO_DB_PATH": str(database),
+    env = {**app_tier.make_prod_env(short_tmp), "DJANGO_DB_PATH": str(database),
            "DJANGO_MEDIA_ROOT": str(deploy_root / "shared" / "media"),
            "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "DJANGO_CSRF_TRUSTED_ORIGINS": origin,
            "WAGTAILADMIN_BASE_URL": origin, "DJANGO_SECURE_SSL_REDIRECT": "false"}
     for command in (["seed_demo_content"],
                     ["createsuperuser", "--noinput", "--username", ADMIN, "--email", "editor@skinmenu.example.com"]):
-        result = run_manage(*command, env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+        result = app_tier.run_manage(*command, env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
                             app_dir=built_release / "app")
         assert result.returncode == 0, result.stderr
     sock = short_tmp / "app.sock"
