@@ -283,6 +283,37 @@ def admin_login(base: str, username: str, password: str) -> str:
     return title.group(1).strip()
 
 
+def unsaved_work(source: Path) -> list[str]:
+    """What deleting `source` (the demo's clone) would lose, one line each: commits that are
+    neither the demo's own (its author is GIT_ENV's) nor on the cloned repository's branches,
+    and uncommitted changes. Empty when there is no clone."""
+    if not (source / ".git").exists():
+        return []
+    git = ["git", "-C", str(source)]
+    log = subprocess.run([*git, "log", "HEAD", "--branches", "--not", "--remotes",
+                          "--format=%ae%x09%h %s"], capture_output=True, text=True)
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    if log.returncode != 0 or status.returncode != 0:
+        return [f"(git cannot read {source}: {(log.stderr or status.stderr).strip()})"]
+    commits = [line.split("\t", 1)[1] for line in log.stdout.splitlines()
+               if line.split("\t", 1)[0] != GIT_ENV["GIT_AUTHOR_EMAIL"]]
+    return [f"commit {line}" for line in commits] + [f"changed {line}" for line in status.stdout.splitlines()]
+
+
+def set_aside_unsaved_work(source: Path) -> Path | None:
+    """Move the demo's clone out of the way, whole, if it holds work of yours; say so loudly.
+    Returns where it went (None: nothing to keep, `source` is left for the demo to delete)."""
+    work = unsaved_work(source)
+    if not work:
+        return None
+    kept = source.with_name(f"{source.name}-kept-{time.strftime('%Y%m%d-%H%M%S')}")
+    source.rename(kept)
+    listed = "\n".join(f"  {line}" for line in work)
+    loud(f"demo: {source} holds work a new demo would delete; KEPT it, whole, in {kept}:\n{listed}\n"
+         f"Get it back with `git -C {kept} log` / `git fetch {kept} <branch>`; delete {kept} when done.")
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8000")))
@@ -300,6 +331,7 @@ def main() -> None:
     app_port = 0  # gunicorns listen on unix sockets (standby); kept in the state file for old demos
 
     banner(f"Fresh scratch deploy root in {DEMO} (the uv cache in it is kept between demos)")
+    set_aside_unsaved_work(SOURCE)
     for path in (SOURCE, DEPLOY_TO / "releases", DEPLOY_TO / "current", DEPLOY_TO / "shared",
                  DEPLOY_TO / "state", DEPLOY_TO / "repo", DEPLOY_TO / "run", DEPLOY_TO / "slots",
                  DEPLOY_TO / "live.sock", NGINX_DIR):

@@ -167,3 +167,56 @@ def test_gunicorn_refuses_to_start_a_release_that_cannot_load(built_release, pro
         raise
     assert server.returncode != 0
     assert "DJANGO_SECRET_KEY is not set" in stderr
+
+
+def request(sock_path, method, path, **headers):
+    """One request over the unix socket: (status, headers, the raw bytes after the headers)."""
+    conn = UnixHTTPConnection(sock_path)
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        # A HEAD response's body is not read by http.client: read what the server really sent.
+        raw = response.fp.read() if method == "HEAD" else response.read()
+        return response.status, dict(response.getheaders()), raw
+    finally:
+        conn.close()
+
+
+def test_a_monitors_head_and_a_scanners_host_leave_one_quiet_line_in_the_journal(
+    built_release, prod_env, release_env, short_tmp
+):
+    """A monitor probes `HEAD /healthz`; a scanner reaches gunicorn with a Host the site does
+    not serve. The journal gets one WARNING line naming the host: no traceback, no ERROR,
+    and no gunicorn warning about a body on a HEAD response."""
+    sock = short_tmp / "skinmenu.sock"
+    env = {**release_env(prod_env), "HOME": str(short_tmp)}
+    server = start_gunicorn(built_release, env, sock)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "gunicorn did not listen within 20 s"
+            time.sleep(0.1)
+        https = {"Host": "skinmenu.example.com", "X-Forwarded-Proto": "https"}
+        _, get_headers, get_body = request(str(sock), "GET", "/healthz", **https)
+        status, head_headers, head_body = request(str(sock), "HEAD", "/healthz", **https)
+        assert status == 200
+        assert head_body == b""
+        assert head_headers["Content-Length"] == get_headers["Content-Length"] == str(len(get_body))
+        status, _, _ = request(str(sock), "GET", "/", Host="scanner.invalid",
+                               **{"X-Forwarded-Proto": "https"})
+        assert status == 400
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = server.communicate(timeout=25)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+    assert "no-body response" not in stderr
+    assert "Traceback" not in stderr and "ERROR" not in stderr
+    host_lines = [line for line in stderr.splitlines() if "scanner.invalid" in line]
+    assert host_lines == [
+        "WARNING django.security.DisallowedHost: Invalid HTTP_HOST header: 'scanner.invalid'. "
+        "You may need to add 'scanner.invalid' to ALLOWED_HOSTS."
+    ]

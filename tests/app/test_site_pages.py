@@ -179,6 +179,25 @@ class SearchTests(WagtailPageTestCase):
         self.assertEqual(titles, ["Glycolic peel"])
         self.assertContains(response, 'href="/treatments/glycolic-peel/"')
 
+    def test_search_results_are_the_treatment_menus_cards(self):
+        # A visitor who searches sees the same cards as on the menu: summary, duration, price.
+        found = self.client.get("/search/", {"query": "fine lines"})
+        menu = self.client.get("/treatments/")
+        for response in (found, menu):
+            self.assertTemplateUsed(response, "includes/card.html")
+        card = re.search(r'<li class="treatment-card">.*?</li>', found.text, re.S)
+        self.assertIsNotNone(card, "no treatment card in the search results")
+        self.assertIn(card[0], menu.text)
+        self.assertContains(found, '<ul class="treatment-list search-results">')
+        self.assertContains(found, '<span class="duration">45 min</span>', html=True)
+        self.assertContains(found, 'data-price="65.00"')
+
+    def test_a_page_that_is_not_a_treatment_is_a_card_without_facts(self):
+        response = self.client.get("/search/", {"query": "Treatments"})
+        cards = re.findall(r'<li class="treatment-card">.*?</li>', response.text, re.S)
+        index_card = next(card for card in cards if 'href="/treatments/"' in card)
+        self.assertNotIn('class="facts"', index_card)
+
     def test_search_never_shows_unpublished_pages(self):
         response = self.client.get("/search/", {"query": "softens"})
         titles = [page.title for page in response.context["search_results"]]
@@ -194,6 +213,19 @@ class SearchTests(WagtailPageTestCase):
         self.assertEqual(response.status_code, 200)
         self.assertContains(response, 'name="query"')
         self.assertNotContains(response, "No results found")
+
+
+class FaviconTests(WagtailPageTestCase):
+    def test_every_page_links_the_sites_favicon(self):
+        for path in ("/", "/search/"):
+            self.assertContains(self.client.get(path), '<link rel="icon" href="/static/favicon.ico"')
+
+    def test_the_favicon_is_a_real_icon_in_the_static_files(self):
+        from PIL import Image as PillowImage
+
+        with PillowImage.open(settings.APP_DIR / "static" / "favicon.ico") as icon:
+            self.assertEqual(icon.format, "ICO")
+            self.assertIn((32, 32), icon.info["sizes"])
 
 
 class AdminTests(WagtailPageTestCase):

@@ -2,9 +2,12 @@
 unprivileged nginx with every path under a scratch prefix. It must serve the live release's
 hashed static files the way production does and proxy the rest with production's headers."""
 
+import http.client
 import http.server
 import importlib.util
 import os
+import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -16,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HASHED = "css/site.0123456789ab.css"
+FAVICON = REPO / "app" / "static" / "favicon.ico"
 
 
 def load_demo():
@@ -40,7 +44,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         Upstream.seen.append(dict(self.headers.items()))
-        self.send_response(200)
+        self.send_response(404 if self.path == "/no-such-page" else 200)
         self.send_header("Strict-Transport-Security", "max-age=31536000")
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -68,6 +72,7 @@ def deploy_root(tmp_path_factory):
         (static / HASHED).write_bytes(css)
         (static / "css" / "site.css").write_bytes(css)
         (static / ".secret").write_text("no")
+        shutil.copy(FAVICON, static / "favicon.ico")
     (root / "shared" / "media" / "documents").mkdir(parents=True)
     (root / "shared" / "media" / "documents" / "private.pdf").write_bytes(b"%PDF private")
     (root / "current").symlink_to("releases/" + "a" * 40)
@@ -107,6 +112,7 @@ def test_the_demo_nginx_config_is_valid_and_keeps_every_path_under_its_prefix(tm
         if words and words[0] in ("pid", "error_log", "access_log") or words[:1] and words[0].endswith("_temp_path"):
             assert words[1].startswith(str(prefix)), line
     assert "listen 127.0.0.1:1;" in conf
+    assert "listen 127.0.0.1:1 default_server;" in conf
 
 
 def test_the_demo_serves_the_live_releases_hashed_static_file_cached_for_a_year(front_door, deploy_root):
@@ -151,3 +157,56 @@ def test_the_demo_proxies_pages_with_productions_headers_whatever_the_client_cla
     assert seen["X-Real-IP"] == "127.0.0.1"
     assert seen["X-Forwarded-Proto"] == "http"  # the truth: the demo is plain HTTP
     assert "X-Forwarded-Host" not in seen and "Forwarded" not in seen
+
+
+def test_the_demo_drops_a_request_for_another_host_without_reaching_the_app(front_door):
+    host, port = front_door.removeprefix("http://").split(":")
+    before = len(Upstream.seen)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": "scanner.invalid"})
+        with pytest.raises(http.client.RemoteDisconnected):
+            conn.getresponse()  # 444: nginx closes the connection without a word
+    finally:
+        conn.close()
+    assert len(Upstream.seen) == before
+    for name in ("127.0.0.1", "localhost"):
+        assert get(front_door.replace("127.0.0.1", name) + "/treatments/").status == 200
+
+
+def test_a_browser_asking_for_favicon_ico_gets_the_live_releases_icon(front_door):
+    resp = get(f"{front_door}/favicon.ico")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "image/x-icon"
+    assert resp.read() == FAVICON.read_bytes()
+
+
+def policies(conf: Path) -> dict[str, str]:
+    """The $skinmenu_csp map ('default' or the admin's regex -> policy) and the Permissions-Policy."""
+    text = conf.read_text()
+    block = re.search(r"map \$uri \$skinmenu_csp \{(.*?)\}", text, re.S)[1]
+    found = dict(re.findall(r'^\s*("[^"]+"|default)\s+"([^"]+)";', block, re.M))
+    found["Permissions-Policy"] = re.search(r'add_header Permissions-Policy "([^"]+)" always;', text)[1]
+    return found
+
+
+def test_the_demo_sends_productions_policies_word_for_word():
+    production = policies(REPO / "nginx" / "skinmenu.conf")
+    assert set(production) == {"default", '"~^/(django-)?admin/"', "Permissions-Policy"}
+    assert policies(REPO / "scripts" / "demo-nginx.conf") == production
+
+
+def test_every_page_gets_the_sites_csp_and_the_admin_its_own(front_door):
+    production = policies(REPO / "nginx" / "skinmenu.conf")
+    for path, policy in (("/", production["default"]), ("/treatments/", production["default"]),
+                         ("/admin/", production['"~^/(django-)?admin/"']),
+                         ("/admin/pages/3/edit/", production['"~^/(django-)?admin/"']),
+                         ("/django-admin/", production['"~^/(django-)?admin/"'])):
+        resp = get(f"{front_door}{path}")
+        assert resp.status == 200, path
+        assert resp.headers["Content-Security-Policy"] == policy, path
+        assert resp.headers["Permissions-Policy"] == production["Permissions-Policy"], path
+    site = production["default"]
+    assert "'unsafe-inline'" not in site and "default-src 'self'" in site and "object-src 'none'" in site
+    # A page's own error (the upstream's 404 or 500) carries the policy too (`always`).
+    assert get(f"{front_door}/no-such-page").headers["Content-Security-Policy"] == site

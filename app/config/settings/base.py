@@ -54,6 +54,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: HEAD answers get no body (gunicorn warns about every one that has one).
+    "config.middleware.head_without_body",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -148,6 +150,14 @@ WAGTAILDOCS_MAX_UPLOAD_SIZE = 10 * 1024 * 1024
 # otherwise serve a private document to anyone with the link. Explicit, because Wagtail picks
 # the default by storage backend. See docs/server-guide.md, "Documents and privacy".
 WAGTAILDOCS_SERVE_METHOD = "serve_view"
+
+# The admin is private: nothing in it may reach a third party. No Gravatar (a request to
+# gravatar.com with a hash of the editor's e-mail address from every admin page; Wagtail's
+# own default avatar instead) and no check for a new Wagtail release from the dashboard (a
+# request to releases.wagtail.io from the superuser's browser). Upgrades come from
+# app/requirements.in, on purpose.
+WAGTAIL_GRAVATAR_PROVIDER_URL = None
+WAGTAIL_ENABLE_UPDATE_CHECK = False
 
 # The REVISION file the deployer writes at the release root; /healthz reports it.
 REVISION_FILE = RELEASE_ROOT / "REVISION"

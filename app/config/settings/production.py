@@ -57,8 +57,13 @@ LOGGING = {
         # journald adds the timestamp and unit; keep the line short.
         "plain": {"format": "%(levelname)s %(name)s: %(message)s"},
     },
+    "filters": {
+        "one_line_warning": {"()": "config.log_filters.OneLineWarning"},
+    },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "stderr_one_line": {"class": "logging.StreamHandler", "formatter": "plain",
+                            "filters": ["one_line_warning"]},
     },
     "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
@@ -66,6 +71,10 @@ LOGGING = {
         # 4xx noise (bots) stays out of the journal; 5xx is logged by django.request at ERROR.
         "django.request": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
         "django.security": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        # A Host outside ALLOWED_HOSTS: one WARNING line naming it, not an ERROR with a
+        # traceback (nginx drops unknown hosts first; what still arrives is a config mistake).
+        "django.security.DisallowedHost": {"handlers": ["stderr_one_line"], "level": "WARNING",
+                                           "propagate": False},
         "wagtail": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
     },
 }
