@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployer.config import DAY, MINUTE, Seconds, _parse, _read, _validate
+from deployer.config import DAY, MINUTE, NotifyConfig, Seconds, _check_notify, _parse, _read, _validate
 from deployer.errors import BadInput, shown
 
 ROLES = ("app", "migrations")
@@ -81,12 +81,22 @@ TIMEOUT_KEYS = tuple(Timeouts.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
+class FleetNotify:
+    """The orchestrator's own webhook: one notification for a whole deploy across servers. Its
+    URL is a secret in an env file on the orchestrator's machine (servers.yml holds only names)."""
+
+    env_file: Path
+    webhook: NotifyConfig
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     path: Path
     servers: tuple[Server, ...]  # in the config's order: the fixed order locks are taken in
     ssh: SshConfig
     parallel: int  # how many servers at once (builds, restart batches)
     timeouts: Timeouts = Timeouts()
+    notify: FleetNotify | None = None
 
     @property
     def migrations_server(self) -> Server:
@@ -103,8 +113,9 @@ _SERVER = {
 }
 _SSH = {"known_hosts": (str, True), "identity": (str, False), "connect_timeout": (Seconds(most=5 * MINUTE), False)}
 _TIMEOUTS = {key: (Seconds(most=DAY), False) for key in TIMEOUT_KEYS}
+_NOTIFY = {"env_file": (str, True), "webhook_env": (str, True), "timeout": (Seconds(most=5 * MINUTE), False)}
 _TOP = {"servers": (list, True), "ssh": (_SSH, True), "parallel": (int, False), "deployer": (str, False),
-        "timeouts": (_TIMEOUTS, False)}
+        "timeouts": (_TIMEOUTS, False), "notify": (_NOTIFY, False)}
 
 
 def is_fleet_file(path: Path) -> bool:
@@ -146,7 +157,19 @@ def load_fleet(path: Path) -> FleetConfig:
         raise BadInput(f"{path}: key 'parallel' must be at least 1")
     return FleetConfig(path=path.resolve(), servers=servers,
                        ssh=SshConfig(known_hosts, identity, timeout), parallel=parallel,
-                       timeouts=Timeouts(**top.get("timeouts", {})))
+                       timeouts=Timeouts(**top.get("timeouts", {})),
+                       notify=_notify(path, top.get("notify"), resolve))
+
+
+def _notify(path: Path, notify: dict | None, resolve) -> FleetNotify | None:
+    if notify is None:
+        return None
+    _check_notify(path, notify)
+    env_file = resolve(notify["env_file"])
+    if not env_file.is_file():
+        raise BadInput(f"{path}: key 'notify.env_file' names {env_file}, which is not a file",
+                       hint="it holds the webhook URL, readable by the orchestrator's user only (mode 0600)")
+    return FleetNotify(env_file, NotifyConfig(notify["webhook_env"], notify.get("timeout", 5.0)))
 
 
 def _server(path: Path, index: int, item: Any, default_deployer: str) -> Server:

@@ -20,11 +20,12 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 
 from deployer import __version__, envfile, git, history, releases
-from deployer.config import Config
+from deployer.config import Config, NotifyConfig
 from deployer.errors import BadInput, DeployError, LockHeld, one_line
 from deployer.paths import SHA_RE, Paths, current_sha
 
@@ -90,7 +91,7 @@ def _snapshot(paths: Paths) -> dict:
     return {"history": len(history.read(paths)), "current": current_sha(paths), "releases": dirs}
 
 
-def _failed(exc: BaseException | None) -> bool:
+def is_failure(exc: BaseException | None) -> bool:
     """A run that failed with exit 1 is notified; bad input (2), a held lock (3) and Ctrl-C before
     anything changed (an interrupt after a change is re-raised as an OperationFailed) are not."""
     return exc is not None and not isinstance(exc, (BadInput, LockHeld, KeyboardInterrupt, SystemExit))
@@ -105,7 +106,7 @@ def event(
     activation = next((e for e in reversed(entries[before["history"]:]) if e.get("action") in ACTIVATIONS), None)
     built = [sha for sha, inode in after["releases"].items() if before["releases"].get(sha) != inode]
     removed = sorted(set(before["releases"]) - set(after["releases"]))
-    failed = _failed(exc)
+    failed = is_failure(exc)
     changed = bool(removed) if command == "prune" else bool(activation or built)
     if not (changed or failed):
         return None
@@ -129,6 +130,8 @@ def event(
         "servers": [host],
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if activation is not None and activation.get("deploy_id"):
+        payload["deploy_id"] = activation["deploy_id"]  # the same on every server of one deploy (§13)
     if command == "prune":
         payload["removed"] = removed
     if exc is not None and failed:
@@ -161,15 +164,19 @@ def _attempted(command: str, args: tuple, paths: Paths, entries: list[dict], liv
 
 def post(config: Config, payload: dict) -> None:
     """POST `payload` to the webhook; at most notify.timeout seconds; never raises."""
-    notify = config.notify
-    assert notify is not None
+    assert config.notify is not None
+    send(config.notify, config.env_file, payload)
+
+
+def send(notify: NotifyConfig, env_file: Path, payload: dict) -> None:
+    """POST `payload` to the URL the env file holds under notify.webhook_env; never raises."""
     try:
-        url = envfile.load(config.env_file, ()).get(notify.webhook_env, "")
+        url = envfile.load(env_file, ()).get(notify.webhook_env, "")
     except DeployError as exc:  # envfile messages name the file and a line, never a value
         warn(exc.message)
         return
     if not url:
-        warn(f"the env file {config.env_file} does not define {notify.webhook_env}")
+        warn(f"the env file {env_file} does not define {notify.webhook_env}")
         return
     outcome: dict[str, str] = {}
     sender = threading.Thread(target=_post, args=(url, payload, notify, outcome), daemon=True)

@@ -25,7 +25,7 @@ from deployer.commands.activate import starting_point
 from deployer.config import Config
 from deployer.errors import BadInput, DeployError, OperationFailed
 from deployer.paths import Paths, current_sha, stale_tmp_dirs
-from deployer.steps import DOTS_TO
+from deployer.steps import dotted
 
 # The hook points each command passes, in order (on_failure runs only when it fails).
 HOOK_POINTS = {
@@ -254,7 +254,7 @@ def _go_live(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, pre
         "kept": [f"{app}.{name}" for app, name in decided.kept], "exact": exact,
     }
     if apply:
-        plan.step("migrate", f"would apply {', '.join(apply)} with {sha[:12]}'s code"
+        plan.step("migrate", f"would apply {schema.summary(decided.to_apply)} with {sha[:12]}'s code"
                   + ("" if exact else " (the graph is known exactly only after the build: the venv is built anew)"))
     elif not unapply:
         plan.step("migrate", "the database already matches the release's migrations")
@@ -351,7 +351,7 @@ def show(plan: Plan, as_json: bool) -> None:
             print(f"    note: another deploy holds the lock: {lock.describe_holder(plan.data['lock'])}; "
                   "the real run would wait (--wait) or exit 3")
         for number, (name, detail) in enumerate(plan.steps, 1):
-            print(f"[{number}] {name} ".ljust(DOTS_TO, ".") + f" {detail}")
+            print(dotted(f"[{number}] {name} ") + f" {detail}")
     if plan.refused:
         raise plan.refused
 

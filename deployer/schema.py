@@ -63,6 +63,14 @@ def names(found: list[migrations.Migration]) -> str:
     return ", ".join(f"{app}.{name}" for app, name in found)
 
 
+def summary(found: list[migrations.Migration], most: int = 4) -> str:
+    """A few migrations by name; more as a count and their apps (a first deploy applies hundreds)."""
+    if len(found) <= most:
+        return names(found)
+    apps = sorted({app for app, _ in found})
+    return f"{len(found)} migrations of {len(apps)} app(s): {', '.join(apps)}"
+
+
 def plan(
     config: Config, paths: Paths, env_values: dict[str, str], sha: str, meta: dict,
     *, unapply_with: str | None, force: bool, note: Note, code: str | None = None,
@@ -101,7 +109,7 @@ def back_up(config: Config, paths: Paths, plan_: Plan, label: str, note: Note) -
 
 def apply_pending(config: Config, paths: Paths, env_values: dict[str, str], plan_: Plan, note: Note) -> None:
     if plan_.pending:
-        note(f"applying {names(plan_.pending)} with {plan_.sha[:12]}'s code")
+        note(f"applying {summary(plan_.to_apply)} with {plan_.sha[:12]}'s code")
         _run(config, paths, env_values, plan_.sha, plan_.backup, "migrate", "--noinput")
 
 

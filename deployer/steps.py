@@ -9,7 +9,13 @@ from typing import Callable, Iterator
 
 from deployer.errors import DeployError
 
-DOTS_TO = 34
+DOTS_TO = 40  # the column the dots lead to; a longer label still gets a few
+MIN_DOTS = 3
+
+
+def dotted(label: str) -> str:
+    """`label` and a run of dots to the column, never fewer than MIN_DOTS (a long step name)."""
+    return label + "." * max(MIN_DOTS, DOTS_TO - len(label))
 
 
 class Progress:
@@ -19,6 +25,7 @@ class Progress:
         self.total = total
         self.number = 0
         self.durations: dict[str, float] = {}
+        self.earlier: dict[str, float] = {}  # parts of the command before these steps (a deploy's build)
         self.notes: list[str] = []
         self.listeners: list[Callable[[str], None]] = []  # told each step's name as it starts
 
@@ -28,7 +35,7 @@ class Progress:
         for listener in self.listeners:
             listener(name)
         label = f"[{self.number}/{self.total}] {name} "
-        print(label.ljust(DOTS_TO, "."), end=" ", file=sys.stderr, flush=True)
+        print(dotted(label), end=" ", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
             yield

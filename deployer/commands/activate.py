@@ -36,15 +36,18 @@ class Colours:
 
 def activate(
     config: Config, paths: Paths, sha_or_prefix: str, action: str = "activate",
-    attempt: hooks.Attempt | None = None, gate: Gate | None = None,
+    attempt: hooks.Attempt | None = None, gate: Gate | None = None, built_in: float | None = None,
 ) -> str:
-    """Activate a built release (caller holds the deploy lock). Returns its sha."""
+    """Activate a built release (caller holds the deploy lock). Returns its sha. `built_in`: the
+    seconds a deploy spent building it first, counted in the time reported and recorded."""
     sha = releases.find(paths, sha_or_prefix)
     if attempt is not None:
         attempt.sha = sha
     env_values = envfile.load(config.env_file, config.required_env)
     started = time.monotonic()
     progress = Progress(step_count(config) + hook_steps(config, action))
+    if built_in is not None:
+        progress.earlier["build"] = round(built_in, 3)
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
     previous, already_live, finishing = starting_point(paths, sha)
@@ -111,7 +114,7 @@ def go_live(
         with progress.step("record history"):
             history.append(
                 paths, action, previous, sha, history.OK, backup=_backup_of(plan), deploy_id=deploy_id,
-                seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations), warning=warning,
+                seconds=_seconds(started, progress), steps={**progress.earlier, **progress.durations}, warning=warning,
             )
 
     try:
@@ -164,7 +167,7 @@ def go_live(
         if gate is not None:
             gate.failure = failure.message
         record = {"action": action, "backup": _backup_of(plan), "deploy_id": deploy_id,
-                  "seconds": round(time.monotonic() - started, 2), "steps": dict(progress.durations)}
+                  "seconds": _seconds(started, progress), "steps": {**progress.earlier, **progress.durations}}
         with signals.shielded():
             if stage == SCHEMA:
                 _put_back_schema(config, paths, sha, previous, failure, env_values, gate)
@@ -189,7 +192,19 @@ def go_live(
     # (docs/design.md §15); switching back would take down a release that passed its smoke test.
     hooks.run(config, hooks.after_live_point(action), paths.release(sha), sha=sha, previous=previous,
               action=action, env_values=env_values, progress=progress)
-    say(f"{sha[:12]} is live ({action} took {time.monotonic() - started:.1f}s)")
+    say(f"{sha[:12]} is live ({_took(action, started, progress)})")
+
+
+def _seconds(started: float, progress: Progress) -> float:
+    """The whole command's seconds: its earlier parts (a deploy's build) and these steps."""
+    return round(time.monotonic() - started + sum(progress.earlier.values()), 2)
+
+
+def _took(action: str, started: float, progress: Progress) -> str:
+    if not progress.earlier:
+        return f"{action} took {time.monotonic() - started:.1f}s"
+    parts = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in progress.earlier.items())
+    return f"{action} took {_seconds(started, progress):.1f}s: {parts}, activate {time.monotonic() - started:.1f}s"
 
 
 def _record_committed(record_live, sha: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from deployer import hooks
 from deployer.commands.activate import activate
 from deployer.commands.release import release
@@ -11,8 +13,9 @@ from deployer.steps import say
 
 
 def main(config: Config, paths: Paths, ref: str) -> None:
+    started = time.monotonic()
     with hooks.on_failure(config, paths, "deploy") as attempt:
         sha = release(config, paths, ref, action="deploy", attempt=attempt)
         say("")
-        activate(config, paths, sha, action="deploy", attempt=attempt)
+        activate(config, paths, sha, action="deploy", attempt=attempt, built_in=time.monotonic() - started)
     print(sha)

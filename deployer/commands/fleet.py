@@ -14,7 +14,7 @@ from deployer.argv import check_argv, list_argv, plan_argv, prune_argv, release_
 from deployer.errors import DeployError, OperationFailed
 from deployer.fleet import FleetConfig
 from deployer.remote import Connection, Outcome, locked, on_each, remote_failure, worst
-from deployer.steps import DOTS_TO
+from deployer.steps import dotted
 
 
 async def status_of(connection: Connection) -> dict:
@@ -236,7 +236,7 @@ def _print_plan(outcome: Outcome) -> None:
         print(f"[{name}] UNREACHABLE: {outcome.error.message}")
         return
     for number, step in enumerate(outcome.value.get("steps", []), 1):
-        print(f"[{name}] " + f"[{number}] {step['step']} ".ljust(DOTS_TO, ".") + f" {step['detail']}")
+        print(f"[{name}] " + dotted(f"[{number}] {step['step']} ") + f" {step['detail']}")
 
 
 def list_releases(fleet: FleetConfig, as_json: bool) -> None:

@@ -19,14 +19,17 @@ barrier reads end-of-file, or its held lock misses the heartbeat and stops it.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from secrets import token_hex
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
-from deployer import history
+from deployer import history, notify
 from deployer.argv import (
     activate_argv, list_argv, orchestrated, rollback_argv, rollback_command,
 )
@@ -62,6 +65,7 @@ class Run:
     committed: bool = False  # told to keep the release: nothing switches it back now
     previous: str | None = None  # the release it served before (its `prepared` event says)
     put_back_by_us: str = ""  # what the orchestrator did for it after its deployer died
+    repaired: bool = False  # and that it is back on its previous release
     warnings: list[str] = field(default_factory=list)
     lines: deque = field(default_factory=lambda: deque(maxlen=40))
     pump: asyncio.Future | None = None
@@ -85,31 +89,89 @@ def new_deploy_id() -> str:
 
 
 def deploy(fleet: FleetConfig, ref: str) -> str:
-    async def run() -> str:
-        async with locked(fleet) as (connections, token):
-            sha = await build_everywhere(fleet, connections, ref, token)
-            say_as("all", "")
-            return sha, await switch_everywhere(fleet, connections, token, lambda server: activate_argv(server, sha))
-    return _finish(fleet, *run_interruptible(run()))
+    async def choose(connections: list[Connection], token: str) -> tuple[str, ArgvOf]:
+        sha = await build_everywhere(fleet, connections, ref, token)
+        say_as("all", "")
+        return sha, lambda server: activate_argv(server, sha)
+    return _switch_to(fleet, "deploy", choose)
 
 
 def activate(fleet: FleetConfig, sha_or_prefix: str) -> str:
-    async def run() -> str:
-        async with locked(fleet) as (connections, token):
-            sha = await _resolve(fleet, connections, sha_or_prefix)
-            await same_release(connections, sha)
-            return sha, await switch_everywhere(fleet, connections, token, lambda server: activate_argv(server, sha))
-    return _finish(fleet, *run_interruptible(run()))
+    async def choose(connections: list[Connection], token: str) -> tuple[str, ArgvOf]:
+        sha = await _resolve(fleet, connections, sha_or_prefix)
+        await same_release(connections, sha)
+        return sha, lambda server: activate_argv(server, sha)
+    return _switch_to(fleet, "activate", choose)
 
 
 def rollback(fleet: FleetConfig, to: str | None, migrate: bool, force: bool) -> str:
-    async def run() -> str:
+    async def choose(connections: list[Connection], token: str) -> tuple[str, ArgvOf]:
+        target = await _rollback_target(connections, to, migrate, force)
+        await same_release(connections, target)
+        return target, lambda server: rollback_argv(server, target, migrate, force)
+    return _switch_to(fleet, "rollback", choose)
+
+
+Choose = Callable[[list[Connection], str], Awaitable[tuple[str, ArgvOf]]]
+
+
+def _switch_to(fleet: FleetConfig, command: str, choose: Choose) -> str:
+    """Under every server's lock: choose the release (building it first for a deploy), switch
+    every server to it or none, then say so and notify."""
+    report = Report(command)
+
+    async def run() -> tuple[str, list[str]]:
         async with locked(fleet) as (connections, token):
-            target = await _rollback_target(connections, to, migrate, force)
-            await same_release(connections, target)
-            return target, await switch_everywhere(fleet, connections, token,
-                                                   lambda server: rollback_argv(server, target, migrate, force))
-    return _finish(fleet, *run_interruptible(run()))
+            sha, argv_of = await choose(connections, token)
+            report.sha = sha
+            return sha, await switch_everywhere(fleet, connections, token, argv_of, report)
+    return _notifying(fleet, report, lambda: _finish(fleet, *run_interruptible(run())))
+
+
+@dataclass
+class Report:
+    """What one deploy, activate or rollback across servers did: the orchestrator's notification."""
+
+    command: str
+    sha: str | None = None
+    deploy_id: str | None = None
+    runs: list[Run] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def payload(self, fleet: FleetConfig, exc: BaseException | None) -> dict:
+        outcomes = {run.name: _outcome(run) for run in self.runs}
+        payload = {
+            "event": self.command, "sha": self.sha, "result": history.FAILED if exc else history.OK,
+            "seconds": round(time.monotonic() - self.started, 2), "user": getpass.getuser(),
+            "host": socket.gethostname(), "servers": [server.name for server in fleet.servers],
+            "deploy_id": self.deploy_id,
+            "results": {server.name: outcomes.get(server.name, "not started") for server in fleet.servers},
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if exc is not None:
+            payload["reason"] = getattr(exc, "message", None) or type(exc).__name__
+        return payload
+
+
+def _outcome(run: Run) -> str:
+    if run.state in (DONE, "already-live"):
+        return "ok" if run.state == DONE else "already-live"
+    return "put back by the orchestrator" if run.repaired else "failed"
+
+
+def _notifying(fleet: FleetConfig, report: Report, work: Callable[[], str]) -> str:
+    """Run `work`; with `notify:` in servers.yml, one notification for the whole fleet after it
+    (each server still sends its own, with the same deploy_id). Bad input, a held lock and
+    Ctrl-C before anything changed send none, as on one server."""
+    try:
+        sha = work()
+    except BaseException as exc:
+        if fleet.notify is not None and notify.is_failure(exc):
+            notify.send(fleet.notify.webhook, fleet.notify.env_file, report.payload(fleet, exc))
+        raise
+    if fleet.notify is not None:
+        notify.send(fleet.notify.webhook, fleet.notify.env_file, report.payload(fleet, None))
+    return sha
 
 
 def run_interruptible(work: Coroutine[Any, Any, T]) -> T:
@@ -187,12 +249,12 @@ async def _current_of(connection: Connection) -> str | None:
 
 
 async def switch_everywhere(fleet: FleetConfig, connections: list[Connection], token: str,
-                            argv_of: ArgvOf) -> list[str]:
+                            argv_of: ArgvOf, report: Report) -> list[str]:
     """Phases 4-7: migrate once, prepare all, go live (all at once or in batches), commit all;
     any failure calls off every other server, says where each one is now, and raises. Returns
     the warnings servers gave after commit (the release stays live)."""
     try:
-        return await _switch(fleet, connections, token, argv_of)
+        return await _switch(fleet, connections, token, argv_of, report)
     except DeployError:
         await _where_now(connections)
         raise
@@ -212,8 +274,9 @@ async def _where_now(connections: list[Connection]) -> None:
          "SERVERS DISAGREE: run `deployer status`; the next deploy, activate or rollback brings them to one release")
 
 
-async def _switch(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf) -> list[str]:
-    deploy_id = new_deploy_id()
+async def _switch(fleet: FleetConfig, connections: list[Connection], token: str, argv_of: ArgvOf,
+                  report: Report) -> list[str]:
+    deploy_id = report.deploy_id = new_deploy_id()
     say_as("all", f"deploy id {deploy_id}")
     timeouts = fleet.timeouts
     first = next(c for c in connections if c.server.name == fleet.migrations_server.name)
@@ -239,12 +302,13 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
         await _advance(run, DONE, timeouts.commit)
         if run.state == HOLDING:
             await _settle(run, timeouts.put_back)
+        stray.repaired = run.state == DONE
         stray.put_back_by_us = (f"its deployer died; the orchestrator put it back on {stray.previous[:12]}"
-                                if run.state == DONE else
+                                if stray.repaired else
                                 f"its deployer died and putting it back on {stray.previous[:12]} failed: {_why(run)}; "
                                 f"run `deployer rollback --to {stray.previous[:12]}` there")
 
-    runs: list[Run] = []
+    runs = report.runs
     try:
         lead = await start(first, True)
         runs.append(lead)

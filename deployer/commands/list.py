@@ -63,9 +63,10 @@ def rows(paths: Paths, config: Config | None = None) -> list[dict]:
 def main(config: Config, paths: Paths, as_json: bool) -> None:
     data = rows(paths, config)
     if as_json:
-        json.dump({"releases": data}, sys.stdout, indent=2)
+        json.dump({"config": str(config.path), "deploy_to": str(config.deploy_to), "releases": data}, sys.stdout, indent=2)
         print()
         return
+    print(f"releases in {paths.releases} (config {config.path})")
     if not data:
         print("no releases built yet")
         return

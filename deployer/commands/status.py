@@ -40,6 +40,8 @@ def collect(config: Config, paths: Paths) -> dict:
     site = smoke.health(config.smoke)
     entries = history.read(paths)
     return {
+        "config": str(config.path),
+        "deploy_to": str(config.deploy_to),
         "strategy": config.service.strategy,
         "colours": colours(config, paths),
         "current": live,
@@ -68,6 +70,7 @@ def main(config: Config, paths: Paths, as_json: bool) -> None:
             healthy = f"FAILING ({site.get('error') or 'HTTP ' + str(site.get('http_status'))})"
         unfinished = "" if data["activation_finished"] else (
             f"  (its activation never finished: run `deployer activate {data['current'][:12]}`)")
+        print(f"config:   {data['config']} (deploy_to {data['deploy_to']})")
         print(f"current:  {data['current'] or '(none)'}{unfinished}")
         print(f"previous: {data['previous'] or '(none)'}")
         print(f"lock:     {holder}")

@@ -213,3 +213,62 @@ def test_check_names_a_webhook_variable_the_env_file_lacks(deployment):
 
     assert result.returncode == 1
     assert "notify.webhook_env names DEPLOYER_WEBHOOK_URL" in result.stdout
+
+
+# --- across servers: each server's own notification, and one for the whole fleet ---------------
+
+def fleet_webhook(orchestrator, url: str) -> None:
+    """notify: in servers.yml, the URL in an env file of the orchestrator's own (mode 0600)."""
+    import yaml
+
+    env_file = orchestrator.root / "orchestrator.env"
+    env_file.write_text(f"FLEET_WEBHOOK_URL={url}\n")
+    env_file.chmod(0o600)
+    config = yaml.safe_load(orchestrator.config_file.read_text())
+    config["notify"] = {"env_file": str(env_file), "webhook_env": "FLEET_WEBHOOK_URL", "timeout": TIMEOUT}
+    orchestrator.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_a_deploy_across_servers_posts_once_per_server_and_once_for_the_fleet_with_one_deploy_id(
+        orchestrator, deployment, second, webhook):
+    for d in (deployment, second):
+        use_webhook(d, webhook.url)
+    fleet_webhook(orchestrator, webhook.url)
+    sha = deployment.source.sha("base")
+
+    result = orchestrator.run("deploy", "base")
+
+    assert result.returncode == 0, result.stderr
+    assert webhook.token not in result.stdout + result.stderr
+    by_server = [p for p in webhook.payloads if p["servers"] != ["app1", "app2"]]
+    fleet = [p for p in webhook.payloads if p["servers"] == ["app1", "app2"]]
+    # Each server was asked to `release`, then to `activate`: its own two notifications.
+    assert sorted(p["event"] for p in by_server) == ["activate", "activate", "release", "release"], webhook.payloads
+    assert len(fleet) == 1, webhook.payloads
+    whole = fleet[0]
+    assert {key: whole[key] for key in ("event", "sha", "result", "results", "user", "host")} == {
+        "event": "deploy", "sha": sha, "result": "ok", "results": {"app1": "ok", "app2": "ok"},
+        "user": getpass.getuser(), "host": socket.gethostname()}
+    assert {p["deploy_id"] for p in by_server if p["event"] == "activate"} == {whole["deploy_id"]}
+
+
+def test_a_failed_deploy_across_servers_posts_every_server_s_outcome_and_the_reason(
+        orchestrator, deployment, second, webhook):
+    assert orchestrator.run("deploy", "base").returncode == 0
+    fleet_webhook(orchestrator, webhook.url)
+    second.write_config(smoke={"url": f"http://127.0.0.1:{second.port}", "check_static": False, "timeout": 3,
+                               "paths": ["/no-such-page/"]})  # app2's standby fails its smoke test
+
+    result = orchestrator.run("deploy", "second")
+
+    assert result.returncode == 1, result.stderr
+    (whole,) = webhook.payloads
+    assert (whole["event"], whole["sha"], whole["result"]) == ("deploy", deployment.source.sha("second"), "failed")
+    assert whole["results"] == {"app1": "failed", "app2": "failed"}
+    assert whole["reason"].startswith("app2: "), whole["reason"]
+
+
+def test_bad_input_across_servers_posts_nothing(orchestrator, webhook):
+    fleet_webhook(orchestrator, webhook.url)
+    assert orchestrator.run("deploy", "no-such-branch").returncode == 2
+    assert webhook.payloads == []

@@ -160,3 +160,16 @@ def test_a_deadline_that_is_not_a_sane_number_of_seconds_is_refused_naming_its_k
 
 def test_an_unknown_deadline_is_refused(tmp_path):
     assert "timeouts.smoke" in _refused(_write(tmp_path, timeouts={"smoke": 10}))
+
+
+def test_a_fleet_webhook_names_an_env_file_and_a_variable(tmp_path):
+    env_file = tmp_path / "orchestrator.env"
+    env_file.write_text("FLEET_WEBHOOK_URL=https://hooks.example/x\n")
+    fleet = load_fleet(_write(tmp_path, notify={"env_file": "orchestrator.env", "webhook_env": "FLEET_WEBHOOK_URL"}))
+    assert (fleet.notify.env_file, fleet.notify.webhook.webhook_env, fleet.notify.webhook.timeout) == (
+        env_file, "FLEET_WEBHOOK_URL", 5.0)
+    assert load_fleet(_write(tmp_path)).notify is None
+    assert "'notify.env_file' names" in _refused(_write(tmp_path, notify={"env_file": "missing.env", "webhook_env": "X"}))
+    assert "'notify.webhook_env' must name an env-file variable" in _refused(
+        _write(tmp_path, notify={"env_file": "orchestrator.env", "webhook_env": "https://hooks.example/x"}))
+    assert "missing required key 'notify.env_file'" in _refused(_write(tmp_path, notify={"webhook_env": "X"}))
