@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from deployer import database, envfile, git, lock, migrations, releases, schema, service, standby, venv
+from deployer import database, envfile, git, lock, migrations, preflight, releases, schema, service, standby, venv
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
@@ -196,6 +196,8 @@ def activate_plan(config: Config, paths: Paths, sha_or_prefix: str) -> Plan:
 
 def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, action: str, *, exact: bool,
                 code: str | None = None) -> None:
+    if _refused_state(config, paths, plan):
+        return
     previous, already_live, finishing = starting_point(paths, sha)
     if already_live:
         plan.step("activate", f"release {sha[:12]} is already live; nothing to do")
@@ -205,8 +207,20 @@ def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, 
     _go_live(config, paths, plan, sha, meta, previous, action, exact=exact, unapply_with=None, force=False, code=code)
 
 
+def _refused_state(config: Config, paths: Paths, plan: Plan) -> bool:
+    """The real run refuses this state before its first step (preflight): so does the plan."""
+    try:
+        preflight.require_switchable(config, paths)
+    except OperationFailed as exc:
+        plan.refuse(exc, "check current")
+        return True
+    return False
+
+
 def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> Plan:
     plan = _new("rollback", paths)
+    if _refused_state(config, paths, plan):
+        return plan
     try:
         choice = rollback_cmd.choose(paths, to)
     except OperationFailed as exc:

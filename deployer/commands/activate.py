@@ -7,7 +7,7 @@ import time
 
 from dataclasses import dataclass
 
-from deployer import envfile, history, hooks, releases, schema, service, signals, smoke, standby, switch
+from deployer import envfile, history, hooks, preflight, releases, schema, service, signals, smoke, standby, switch
 from deployer.config import Config
 from deployer.gate import Gate, Overruled
 from deployer.errors import DeployError, OperationFailed
@@ -438,5 +438,6 @@ def _restore_schema(config, paths, sha, previous, env_values, gate=None) -> str:
 
 
 def main(config: Config, paths: Paths, sha_or_prefix: str, gate: Gate | None = None) -> None:
+    preflight.require_switchable(config, paths)
     with hooks.on_failure(config, paths, "activate") as attempt:
         activate(config, paths, sha_or_prefix, attempt=attempt, gate=gate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from deployer import envfile, history, hooks, releases
+from deployer import envfile, history, hooks, preflight, releases
 from deployer.commands.activate import go_live, hook_steps, step_count
 from deployer.config import Config
 from deployer.errors import OperationFailed
@@ -104,5 +104,6 @@ def _target(paths: Paths, entries: list[dict], to: str | None, live: str | None,
 
 
 def main(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool, gate: Gate | None = None) -> None:
+    preflight.require_switchable(config, paths)
     with hooks.on_failure(config, paths, "rollback") as attempt:
         rollback(config, paths, to, migrate, force, attempt=attempt, gate=gate)

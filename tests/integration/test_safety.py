@@ -177,6 +177,69 @@ def test_activate_of_an_older_release_refuses_when_the_database_is_ahead(deploym
 
 # --- C: state the deployer must not misread ---------------------------------------------------
 
+def put_in_place_of(path, kind: str) -> None:
+    """What an operator's slip leaves where a symlink belongs (`cp -r`, `>`, a stray mkfifo)."""
+    path.unlink()
+    if kind == "directory":
+        path.mkdir()
+        (path / "index.html").write_text("copied by hand\n")
+    elif kind == "regular file":
+        path.write_text("written by hand\n")
+    else:
+        os.mkfifo(path)
+
+
+def refused_up_front(result, what: str) -> str:
+    """Exit 1, and the refusal is the only line: no step ran."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("deployer: error:") and what in lines[0] and "nothing was changed" in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["directory", "regular file", "FIFO"])
+def test_a_current_that_is_not_a_symlink_is_refused_before_the_first_step(deployment, source_repo, kind):
+    """Someone replaced `current` by hand. Every command that would switch refuses before its
+    first step: no migrate (the `migration` release has one pending), no backup, no build, no
+    history line; `current` stays as it is and the service goes on serving what it served."""
+    deployment.ok("deploy", "visible")
+    migration = deployment.release("migration")
+    entries = deployment.history()
+    current = deployment.deploy_to / "current"
+    put_in_place_of(current, kind)
+
+    for args in (("activate", migration), ("rollback", "--to", migration), ("rollback",),
+                 ("rollback", "--to", migration, "--migrate"), ("deploy", "second")):
+        refused_up_front(deployment.deployer(*args), f"current is a {kind}, not a symlink")
+        plan = deployment.deployer(*args, "--plan")
+        assert plan.returncode == 1 and "REFUSED" in plan.stdout, plan.stdout + plan.stderr
+
+    assert deployment.history() == entries
+    assert MIGRATION not in applied(deployment.database)
+    assert list((deployment.deploy_to / "state" / "backups").iterdir()) == []
+    assert source_repo.sha("second") not in deployment.releases
+    assert not current.is_symlink() and os.path.lexists(current)
+    assert deployment.healthz()["release"] == source_repo.sha("visible")
+
+
+@pytest.mark.strategy("standby")
+def test_a_live_socket_link_that_is_a_file_is_refused_before_the_standby_starts(deployment, source_repo):
+    deployment.ok("deploy", "visible")
+    migration = deployment.release("migration")
+    entries = deployment.history()
+    put_in_place_of(deployment.deploy_to / "live.sock", "regular file")
+
+    refused_up_front(deployment.deployer("activate", migration), "live.sock is a regular file, not a symlink")
+
+    assert deployment.history() == entries
+    assert MIGRATION not in applied(deployment.database)
+    assert deployment.current == source_repo.sha("visible")
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    assert [c for c, info in status["colours"].items() if info["running"]] == ["blue"]
+
+
+
 @pytest.mark.parametrize("where", ["outside", "dangling"])
 def test_rollback_from_a_current_that_points_at_no_release_goes_to_the_recorded_previous(deployment, source_repo, where, tmp_path):
     deployment.ok("deploy", "base")
