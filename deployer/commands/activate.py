@@ -11,7 +11,7 @@ from deployer import envfile, history, hooks, preflight, releases, schema, servi
 from deployer.config import Config
 from deployer.gate import Gate, Overruled
 from deployer.errors import DeployError, OperationFailed
-from deployer.paths import Paths, current_sha
+from deployer.paths import Paths, current_sha, describe_current
 from deployer.steps import Progress, say
 
 STEPS = 6  # the restart strategy; standby starts and smoke-tests the idle colour first (+1)
@@ -44,10 +44,10 @@ def activate(
         attempt.sha = sha
     env_values = envfile.load(config.env_file, config.required_env)
     started = time.monotonic()
+    previous, already_live, finishing = starting_point(paths, sha)
     progress = Progress(step_count(config) + hook_steps(config, action))
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
-    previous, already_live, finishing = starting_point(paths, sha)
     if already_live:
         say(f"release {sha[:12]} is already live; nothing to do")
         if gate is not None:
@@ -104,6 +104,7 @@ def go_live(
     stage = SCHEMA
     plan = None
     colours: Colours | None = None
+    link_before = _odd_link(paths)
     if gate is not None:
         progress.listeners.append(gate.step_started)
 
@@ -173,7 +174,7 @@ def go_live(
                                         record, gate)
             else:
                 _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values,
-                                       _result_of(stage, exc), record, colours, gate)
+                                       _result_of(stage, exc), record, colours, gate, link_before)
         if failure is exc:
             raise
         raise failure from exc
@@ -265,25 +266,49 @@ def as_failure(exc: BaseException) -> DeployError:
     return OperationFailed(f"unexpected {type(exc).__name__}: {exc}")
 
 
+def _odd_link(paths: Paths) -> str | None:
+    """What `current` points at when it is a symlink to no release (a put-back restores it)."""
+    if current_sha(paths) is not None:
+        return None
+    try:
+        return os.readlink(paths.current)
+    except OSError:
+        return None
+
+
+def _left_as_it_was(paths: Paths, previous: str | None) -> str:
+    """The true state after a failure before the switch (`current` did not move), in words."""
+    in_current = current_sha(paths)
+    if in_current is not None and in_current != previous:
+        recorded = f"{previous[:12]} is the last release history records as live" if previous else \
+            "history records no live release"
+        return (f"current was not moved: it still points at {in_current[:12]}, where a killed run left it "
+                f"without finishing ({recorded})")
+    if in_current is not None:
+        return f"{in_current[:12]} is still live"
+    if paths.current.is_symlink():
+        return f"current was not moved: it still {describe_current(paths)}"
+    return "nothing was live and nothing is"
+
+
 def _put_back_schema(config, paths, sha, previous, failure, env_values, gate=None):
     """A failure before the switch: `current` never moved; undo a partial migration."""
     schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
-    live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
-    failure.hint = "; ".join(part for part in (f"the live release is untouched: {live}", schema_note, failure.hint) if part)
+    state = _left_as_it_was(paths, previous)
+    if current_sha(paths) == previous:
+        state = f"the live release is untouched: {state}"
+    failure.hint = "; ".join(part for part in (state, schema_note, failure.hint) if part)
 
 
 def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record, colours=None,
-                           gate=None):
-    """`current` may have moved: relink the previous release, bring the database back to its
-    migrations, restart and smoke-test it, record the attempt. Each part reports the true state
-    even when it fails itself."""
+                           gate=None, link_before=None):
+    """`current` may have moved: relink the previous release (or the link that named no release),
+    bring the database back to its migrations, restart and smoke-test it, record the attempt. Each
+    part reports the true state even when it fails itself."""
     if config.service.standby and colours is None:
         colours = _colours_now(config, paths, sha)
     try:  # the relinks come before any word about them: output must never decide (§3)
-        if previous is None:
-            switch.remove_current(paths)
-        else:
-            switch.point_current_at(paths, previous)
+        _relink_before(paths, previous, link_before)
         if colours is not None:
             _socket_back(config, paths, colours, previous)
     except BaseException as exc:
@@ -291,9 +316,13 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
                         f"{sha[:12]}; run `deployer rollback --to {(previous or sha)[:12]}`")
         return
     say(f"    switched back to {previous[:12]}" if previous else
+        f"    no release was live before {sha[:12]}; current {describe_current(paths)} again" if link_before else
         f"    no release was live before {sha[:12]}; current is removed")
     schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
-    if previous is None:
+    if previous is None and link_before is not None:
+        restarted = f"; the service was restarted on {sha[:12]} and is not restarted again" if stage in (RESTART, RECORD) else ""
+        back = f"no release was live before: current {describe_current(paths)} again, as before this run{restarted}"
+    elif previous is None:
         back = "nothing was live before, and current is removed"
     elif colours is not None:
         back = _standby_back(config, paths, colours, previous)
@@ -303,6 +332,17 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         back = f"{previous[:12]} is live again (the service was not restarted)"
     marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (back, schema_note, marked) if part)
+
+
+def _relink_before(paths: Paths, previous: str | None, link_before: str | None) -> None:
+    """`current` as it was before the run: the previous release, the link that named no release,
+    or nothing (a first deploy)."""
+    if previous is not None:
+        switch.point_current_at(paths, previous)
+    elif link_before is not None:
+        switch.replace_link(paths.current, link_before)
+    else:
+        switch.remove_current(paths)
 
 
 def _prepare_standby(config: Config, paths: Paths, progress: Progress, sha: str, previous: str | None) -> Colours:
@@ -400,9 +440,9 @@ def _put_back_before_switch(config, paths, sha, previous, failure, env_values, r
         except BaseException as exc:
             stopped = f"stopping {new} failed: {as_failure(exc).message}"
     schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
-    live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
     marked = _record_failure(paths, previous, sha, result, failure, record)
-    failure.hint = "; ".join(part for part in (f"the public never saw it: {live}", stopped, schema_note, marked) if part)
+    failure.hint = "; ".join(part for part in (f"the public never saw it: {_left_as_it_was(paths, previous)}", stopped,
+                                               schema_note, marked) if part)
 
 
 def _restart_previous(config: Config, paths: Paths, previous: str) -> str:

@@ -10,7 +10,7 @@ from deployer.commands.activate import go_live, hook_steps, step_count
 from deployer.config import Config
 from deployer.errors import OperationFailed
 from deployer.gate import Gate
-from deployer.paths import Paths, current_sha
+from deployer.paths import Paths, current_sha, describe_current
 from deployer.steps import Progress, say
 
 
@@ -31,17 +31,14 @@ def choose(paths: Paths, to: str | None) -> Choice:
     recorded = history.last_live(entries)
     live = current_sha(paths)
     notes = []
-    if live is None and paths.current.is_symlink():
-        # `current` dangles or points outside releases/: roll back from what history says was
-        # live, never "back" to that same release.
+    if live is None:
+        # `current` is missing, dangles, or points outside releases/: roll back from what history
+        # says was live to the release before it, never "back" to that same release.
+        if to is None:
+            _require_an_earlier_release(paths, entries, recorded)
         live = recorded
-        if live is None and to is None:
-            raise OperationFailed(
-                f"{paths.current} does not point at a release and history records none",
-                hint="name a release with `deployer rollback --to SHA`",
-            )
-        if live:
-            notes.append(f"current does not point at a release; rolling back from {live[:12]}, the last one recorded live")
+        if live is not None:
+            notes.append(f"current {describe_current(paths)}; rolling back from {live[:12]}, the last release recorded live")
     target, rolled_from = _target(paths, entries, to, live, recorded)
     in_current = current_sha(paths)
     already_live = target == in_current and target == recorded
@@ -49,6 +46,22 @@ def choose(paths: Paths, to: str | None) -> Choice:
         target, rolled_from, previous=recorded if target == in_current else in_current,
         already_live=already_live, finishing=target == in_current and not already_live, notes=notes,
     )
+
+
+def _require_an_earlier_release(paths: Paths, entries: list[dict], recorded: str | None) -> None:
+    """With no release in `current`, re-activating the one history records as live would be a
+    repair, not a rollback: refuse, say what is true, and name the repair (docs/design.md §7)."""
+    state = f"current {describe_current(paths)}"
+    if recorded is None:
+        raise OperationFailed(f"{state} and history records no live release: there is nothing to roll back to",
+                              hint="make a release live with `deployer activate SHA` (`deployer list` names them)")
+    if history.rollback_target(entries, recorded) is None:
+        raise OperationFailed(
+            f"{state}; history records {recorded[:12]} as the last live release and none before it: "
+            "there is nothing to roll back to",
+            hint=f"`deployer activate {recorded[:12]}` puts {recorded[:12]} back in current (a repair), "
+            "or name a release with `deployer rollback --to SHA`",
+        )
 
 
 def rollback(

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from deployer import history, lock, service, smoke, standby
 from deployer.config import Config
 from deployer.errors import DeployError
-from deployer.paths import Paths, current_sha
+from deployer.paths import Paths, current_sha, describe_current
 
 
 def colours(config: Config, paths: Paths) -> dict | None:
@@ -68,7 +68,7 @@ def main(config: Config, paths: Paths, as_json: bool) -> None:
             healthy = f"FAILING ({site.get('error') or 'HTTP ' + str(site.get('http_status'))})"
         unfinished = "" if data["activation_finished"] else (
             f"  (its activation never finished: run `deployer activate {data['current'][:12]}`)")
-        print(f"current:  {data['current'] or '(none)'}{unfinished}")
+        print(f"current:  {data['current'] or '(none: current ' + describe_current(paths) + ')'}{unfinished}")
         print(f"previous: {data['previous'] or '(none)'}")
         print(f"lock:     {holder}")
         print(f"service:  {data['service']}" + (f" ({data['strategy']})" if data["colours"] else ""))

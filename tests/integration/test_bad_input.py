@@ -542,6 +542,9 @@ CASES = [
     c("state-current-outside-releases", "rollback", code=1, arrange=current_pointing_at(lambda s: "shared")),
     c("state-current-outside-named-like-a-release", "rollback", code=1,
       arrange=current_pointing_at(lambda s: f"/nonexistent/{s.base}")),
+    c("state-current-a-file-via-symlink", "rollback", code=1,
+      arrange=current_pointing_at(lambda s: f"releases/{s.base}/RELEASE.json")),
+    c("state-current-missing", "rollback", code=1, arrange=replaced_by("current", "missing")),
     # corrupted state: what the switch or the history line would refuse, refused before the first step
     c("state-current-a-directory-activate", "activate", "<second>", code=1, arrange=replaced_by("current", "directory")),
     c("state-current-a-directory-rollback-to", "rollback", "--to", "<second>", code=1,

@@ -239,7 +239,6 @@ def test_a_live_socket_link_that_is_a_file_is_refused_before_the_standby_starts(
     assert [c for c, info in status["colours"].items() if info["running"]] == ["blue"]
 
 
-
 @pytest.mark.parametrize("where", ["outside", "dangling"])
 def test_rollback_from_a_current_that_points_at_no_release_goes_to_the_recorded_previous(deployment, source_repo, where, tmp_path):
     deployment.ok("deploy", "base")
@@ -257,6 +256,70 @@ def test_rollback_from_a_current_that_points_at_no_release_goes_to_the_recorded_
 
     assert deployment.current == source_repo.sha("base")
     assert deployment.healthz()["release"] == source_repo.sha("base")
+
+
+def point_current_at_no_release(deployment, where: str, tmp_path, sha: str) -> str | None:
+    """`current` as a slip or a disk problem leaves it; returns its target (None: it is gone)."""
+    link = deployment.deploy_to / "current"
+    link.unlink()
+    target = {"dangling": f"releases/{'f' * 40}", "outside": str(tmp_path / "elsewhere" / sha),
+              "a file": f"releases/{sha}/RELEASE.json", "missing": None}[where]
+    if where == "outside":
+        (tmp_path / "elsewhere" / sha).mkdir(parents=True)
+    if target is not None:
+        link.symlink_to(target)
+    return target
+
+
+WHAT_CURRENT_IS = {"dangling": "current dangles", "outside": "current points outside releases/",
+                   "a file": "current points at a file", "missing": "current is missing"}
+
+
+@pytest.mark.parametrize("where", ["dangling", "outside", "a file", "missing"])
+def test_a_rollback_with_no_release_in_current_and_none_before_refuses_and_names_the_repair(deployment, source_repo,
+                                                                                             where, tmp_path):
+    """Only `base` was ever live, and `current` no longer names it. Making `base` live again would
+    be a repair, not a rollback: rollback refuses, changes nothing, says what `current` is, and
+    names `deployer activate <base>`, which repairs it."""
+    deployment.ok("deploy", "base")
+    base = source_repo.sha("base")
+    target = point_current_at_no_release(deployment, where, tmp_path, base)
+    entries = deployment.history()
+
+    result = deployment.deployer("rollback")
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert WHAT_CURRENT_IS[where] in last and "nothing to roll back to" in last, last
+    assert f"`deployer activate {base[:12]}`" in last and "repair" in last, last
+    assert "is live" not in result.stderr
+    assert deployment.history() == entries
+    link = deployment.deploy_to / "current"
+    assert (os.readlink(link) if link.is_symlink() else None) == target
+
+    deployment.ok("activate", base[:12])
+
+    assert deployment.current == base
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    assert (status["current"], status["activation_finished"], status["health"]["serves_current"]) == (base, True, True)
+
+
+def test_a_failed_activate_puts_back_a_current_that_named_no_release_and_says_so(deployment, source_repo, tmp_path):
+    """`current` pointed outside releases/ and the operator's repair fails (the release cannot
+    boot): the put-back restores that link as it was (it removed it before) and the last line says
+    no release was live, never that one is live again."""
+    deployment.ok("deploy", "base")
+    no_boot = deployment.release("no-boot")
+    target = point_current_at_no_release(deployment, "outside", tmp_path, source_repo.sha("base"))
+
+    result = deployment.deployer("activate", no_boot)
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert "no release was live before: current points outside releases/" in last and "as before this run" in last
+    assert "live again" not in last
+    assert os.readlink(deployment.deploy_to / "current") == target
+    assert deployment.history()[-1]["result"] == "failed-smoke"
 
 
 def test_release_of_the_live_sha_never_rebuilds_it_even_when_it_was_edited(deployment, source_repo):
