@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from deployer import database, envfile, git, lock, migrations, preflight, releases, schema, service, standby, venv
+from deployer import database, envfile, git, lock, migrations, preflight, releases, schema, service, standby, underway, venv
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
@@ -202,9 +202,12 @@ def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, 
     if already_live:
         plan.step("activate", f"release {sha[:12]} is already live; nothing to do")
         return
+    killed = underway.unfinished(paths, sha, previous) if finishing else None
     if finishing:
-        plan.step("activate", f"current already points at {sha[:12]}, but that activation never finished; would finish it")
-    _go_live(config, paths, plan, sha, meta, previous, action, exact=exact, unapply_with=None, force=False, code=code)
+        plan.step("activate", f"current already points at {sha[:12]}, but "
+                  f"{'that `' + killed.command() + '`' if killed else 'that activation'} never finished; would finish it")
+    _go_live(config, paths, plan, sha, meta, previous, killed.action if killed else action, exact=exact,
+             unapply_with=killed.unapply_with if killed else None, force=bool(killed and killed.force), code=code)
 
 
 def _refused_state(config: Config, paths: Paths, plan: Plan) -> bool:
@@ -243,8 +246,9 @@ def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, f
         return plan
     plan.step(f"verify {target[:12]}", "complete")
     meta = releases.read_metadata(paths.release(target)) or {}
+    unapply_with, force = rollback_cmd.schema_authority(paths, choice, migrate, force)
     _go_live(config, paths, plan, target, meta, choice.previous, "rollback", exact=True,
-             unapply_with=choice.rolled_from if migrate else None, force=force)
+             unapply_with=unapply_with, force=force)
     return plan
 
 

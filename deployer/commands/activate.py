@@ -7,7 +7,7 @@ import time
 
 from dataclasses import dataclass
 
-from deployer import envfile, history, hooks, preflight, releases, schema, service, signals, smoke, standby, switch
+from deployer import envfile, history, hooks, preflight, releases, schema, service, signals, smoke, standby, switch, underway
 from deployer.config import Config
 from deployer.gate import Gate, Overruled
 from deployer.errors import DeployError, OperationFailed
@@ -45,7 +45,10 @@ def activate(
     env_values = envfile.load(config.env_file, config.required_env)
     started = time.monotonic()
     previous, already_live, finishing = starting_point(paths, sha)
-    progress = Progress(step_count(config) + hook_steps(config, action))
+    killed = underway.unfinished(paths, sha, previous) if finishing else None
+    unapply_with = killed.unapply_with if killed else None
+    action = killed.action if killed else action
+    progress = Progress(step_count(config) + hook_steps(config, action) + (1 if unapply_with else 0))
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
     if already_live:
@@ -54,9 +57,18 @@ def activate(
             gate.tell("already-live")
         return sha
     if finishing:
-        say(f"current already points at {sha[:12]}, but that activation never finished; finishing it")
-    go_live(config, paths, progress, sha, meta, previous, action, started, env_values, gate=gate)
+        say(f"current already points at {sha[:12]}, but {_that_run(killed)} never finished; finishing it")
+    go_live(config, paths, progress, sha, meta, previous, action, started, env_values,
+            unapply_with=unapply_with, force=bool(killed and killed.force), gate=gate)
     return sha
+
+
+def _that_run(killed: underway.Underway | None) -> str:
+    """The killed run a finishing activate completes, as its operator typed it."""
+    if killed is None:
+        return "that activation"
+    return f"that `{killed.command()}`" + (f" (authorised to unapply with {killed.unapply_with[:12]}'s code)"
+                                           if killed.unapply_with else "")
 
 
 def hook_steps(config: Config, action: str) -> int:
@@ -114,6 +126,7 @@ def go_live(
                 paths, action, previous, sha, history.OK, backup=_backup_of(plan), deploy_id=deploy_id,
                 seconds=round(time.monotonic() - started, 2), steps=dict(progress.durations), warning=warning,
             )
+            underway.clear(paths)  # after the line: a kill in between leaves a record history overrides
 
     try:
         with progress.step(schema_step):
@@ -134,6 +147,7 @@ def go_live(
             colours = _prepare_standby(config, paths, progress, sha, previous)
             if gate is not None:
                 gate.wait("prepared", "go", standby=True)
+            _mark_underway(paths, action, previous, sha, unapply_with, force)
             stage = SWITCH
             with progress.step(f"switch current and socket to {colours.new}"):
                 switch.point_current_at(paths, sha)
@@ -145,6 +159,7 @@ def go_live(
             if gate is not None:
                 stage = PREPARE
                 gate.wait("prepared", "go", standby=False)
+            _mark_underway(paths, action, previous, sha, unapply_with, force)
             stage = SWITCH
             with progress.step(f"switch current to {sha[:12]}"):
                 switch.point_current_at(paths, sha)
@@ -266,6 +281,13 @@ def as_failure(exc: BaseException) -> DeployError:
     return OperationFailed(f"unexpected {type(exc).__name__}: {exc}")
 
 
+def _mark_underway(paths: Paths, action: str, previous: str | None, sha: str, unapply_with: str | None,
+                   force: bool) -> None:
+    """Just before `current` moves: what this run is, and what its operator authorised, for the
+    run that finishes it if this one is killed before its history line (deployer/underway.py)."""
+    underway.write(paths, underway.Underway(action, previous, sha, unapply_with, force))
+
+
 def _odd_link(paths: Paths) -> str | None:
     """What `current` points at when it is a symlink to no release (a put-back restores it)."""
     if current_sha(paths) is not None:
@@ -311,6 +333,7 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         _relink_before(paths, previous, link_before)
         if colours is not None:
             _socket_back(config, paths, colours, previous)
+        underway.clear(paths)
     except BaseException as exc:
         failure.hint = (f"switching back FAILED ({as_failure(exc).message}): current still points at "
                         f"{sha[:12]}; run `deployer rollback --to {(previous or sha)[:12]}`")

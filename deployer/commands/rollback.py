@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from deployer import envfile, history, hooks, preflight, releases
+from deployer import envfile, history, hooks, preflight, releases, underway
 from deployer.commands.activate import go_live, hook_steps, step_count
 from deployer.config import Config
 from deployer.errors import OperationFailed
@@ -48,6 +48,17 @@ def choose(paths: Paths, to: str | None) -> Choice:
     )
 
 
+def schema_authority(paths: Paths, choice: Choice, migrate: bool, force: bool) -> tuple[str | None, bool]:
+    """(unapply_with, force) for go_live: this command's own --migrate or --force; with neither,
+    when it finishes a killed run, what that run's operator authorised (deployer/underway.py)."""
+    if migrate:
+        return choice.rolled_from, False
+    if force:
+        return None, True
+    killed = underway.unfinished(paths, choice.target, choice.previous) if choice.finishing else None
+    return (killed.unapply_with, killed.force) if killed else (None, False)
+
+
 def _require_an_earlier_release(paths: Paths, entries: list[dict], recorded: str | None) -> None:
     """With no release in `current`, re-activating the one history records as live would be a
     repair, not a rollback: refuse, say what is true, and name the repair (docs/design.md §7)."""
@@ -82,8 +93,9 @@ def rollback(
         return target
     if choice.finishing:
         say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
+    unapply_with, force = schema_authority(paths, choice, migrate, force)
     env_values = envfile.load(config.env_file, config.required_env)
-    progress = Progress(step_count(config) + (1 if migrate else 0) + hook_steps(config, "rollback"))
+    progress = Progress(step_count(config) + (1 if unapply_with else 0) + hook_steps(config, "rollback"))
     with progress.step(f"verify {target[:12]}"):
         meta = releases.require_complete(paths, target, config.shared_dirs)
     # The same migrate-if-pending path as activate: migrations the database has but the target
@@ -91,7 +103,7 @@ def rollback(
     # --migrate, or kept, --force); the target's own pending migrations are applied after a backup.
     go_live(
         config, paths, progress, target, meta, choice.previous, "rollback", started, env_values,
-        schema_step="check migrations", unapply_with=choice.rolled_from if migrate else None, force=force,
+        schema_step="check migrations", unapply_with=unapply_with, force=force,
         gate=gate,
     )
     return target
@@ -105,7 +117,10 @@ def _target(paths: Paths, entries: list[dict], to: str | None, live: str | None,
     rollback is finished; otherwise current was an unfinished activation and the rollback goes
     back to the recorded release. Rerunning a killed rollback never walks one release further."""
     if to is not None:
-        return releases.find(paths, to), live
+        target = releases.find(paths, to)
+        # --to naming the release a killed run left in current: the recorded live release's code
+        # knows what that run was unapplying.
+        return target, (recorded if target == live and recorded is not None else live)
     if live is not None and recorded is not None and live != recorded:
         if live == history.rollback_target(entries, recorded):
             return live, recorded
