@@ -205,7 +205,7 @@ def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, 
     killed = underway.unfinished(paths, sha, previous) if finishing else None
     if finishing:
         plan.step("activate", f"current already points at {sha[:12]}, but "
-                  f"{'that `' + killed.command() + '`' if killed else 'that activation'} never finished; would finish it")
+                  f"{underway.that_run(killed, 'that activation')} never finished; would finish it")
     _go_live(config, paths, plan, sha, meta, previous, killed.action if killed else action, exact=exact,
              unapply_with=killed.unapply_with if killed else None, force=bool(killed and killed.force), code=code)
 

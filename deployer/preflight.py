@@ -3,7 +3,8 @@
 State that would stop the run half-way (after a backup, a `migrate`, a started colour) is refused
 before anything runs: `current` (or, with service.strategy standby, `live.sock` or a slot) that
 is a real directory or file, a deploy_to where the switch link cannot be created, a history file
-that cannot take the run's line. The refusal is exit 1 with nothing changed.
+that cannot take the run's line, a state file the run replaces that is not a file. The refusal is
+exit 1 with nothing changed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from deployer import standby
+from deployer import standby, underway
 from deployer.config import COLOURS, Config
 from deployer.errors import OperationFailed
 from deployer.paths import Paths
@@ -31,6 +32,10 @@ def require_switchable(config: Config, paths: Paths) -> None:
     """Refuse (exit 1, nothing changed) what the switch or the history line would refuse later."""
     for link in switched_links(config, paths):
         _require_symlink_or_absent(link)
+    if config.service.standby:
+        _require_dir_or_absent(standby.slots_dir(paths))
+    for state_file in replaced_state_files(config, paths):
+        _require_file_or_absent(state_file)
     _require_writable_dir(paths.root, "the switch creates its temporary link there")
     _require_history_appendable(paths)
 
@@ -41,6 +46,14 @@ def switched_links(config: Config, paths: Paths) -> list[Path]:
     if config.service.standby:
         links += [standby.socket_link(paths), *(standby.slot(paths, colour) for colour in COLOURS)]
     return links
+
+
+def replaced_state_files(config: Config, paths: Paths) -> list[Path]:
+    """Files a run replaces or removes on its way: the run under way, with standby the standby's."""
+    files = [underway.path(paths)]
+    if config.service.standby:
+        files.append(standby.standby_file(paths))
+    return files
 
 
 def kind_of(path: Path) -> str | None:
@@ -61,6 +74,20 @@ def _require_symlink_or_absent(link: Path) -> None:
             f"{link} is {kind}, not a symlink: refusing to switch it (nothing was changed)",
             hint=f"move it aside by hand (`mv {link} {link}.moved`), then run the command again",
         )
+
+
+def _require_dir_or_absent(path: Path) -> None:
+    kind = kind_of(path)
+    if kind is not None and kind != "a directory":
+        raise OperationFailed(f"{path} is {kind}, not a directory: the switch would stop there (nothing was changed)",
+                              hint=f"move it aside by hand (`mv {path} {path}.moved`), then run the command again")
+
+
+def _require_file_or_absent(path: Path) -> None:
+    kind = kind_of(path)
+    if kind is not None and kind != "a regular file":
+        raise OperationFailed(f"{path} is {kind}, not a file: the run would stop at it (nothing was changed)",
+                              hint=f"move it aside by hand (`mv {path} {path}.moved`), then run the command again")
 
 
 def _require_writable_dir(path: Path, why: str) -> None:

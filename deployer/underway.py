@@ -36,6 +36,14 @@ class Underway:
         return f"{self.action}{flags}"
 
 
+def that_run(run: Underway | None, fallback: str) -> str:
+    """The killed run a finishing command completes, in words (`fallback` without a record)."""
+    if run is None:
+        return fallback
+    return f"that `deployer {run.command()}`" + (
+        f" (authorised to unapply with {run.unapply_with[:12]}'s code)" if run.unapply_with else "")
+
+
 def path(paths: Paths) -> Path:
     return paths.state / "underway.json"
 

@@ -57,18 +57,11 @@ def activate(
             gate.tell("already-live")
         return sha
     if finishing:
-        say(f"current already points at {sha[:12]}, but {_that_run(killed)} never finished; finishing it")
+        say(f"current already points at {sha[:12]}, but {underway.that_run(killed, 'that activation')} never finished; "
+            "finishing it")
     go_live(config, paths, progress, sha, meta, previous, action, started, env_values,
             unapply_with=unapply_with, force=bool(killed and killed.force), gate=gate)
     return sha
-
-
-def _that_run(killed: underway.Underway | None) -> str:
-    """The killed run a finishing activate completes, as its operator typed it."""
-    if killed is None:
-        return "that activation"
-    return f"that `{killed.command()}`" + (f" (authorised to unapply with {killed.unapply_with[:12]}'s code)"
-                                           if killed.unapply_with else "")
 
 
 def hook_steps(config: Config, action: str) -> int:

@@ -92,7 +92,9 @@ def rollback(
             gate.tell("already-live")
         return target
     if choice.finishing:
-        say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
+        killed = underway.unfinished(paths, target, choice.previous)
+        say(f"current already points at {target[:12]}, but {underway.that_run(killed, 'that run')} never finished; "
+            "finishing it")
     unapply_with, force = schema_authority(paths, choice, migrate, force)
     env_values = envfile.load(config.env_file, config.required_env)
     progress = Progress(step_count(config) + (1 if unapply_with else 0) + hook_steps(config, "rollback"))

@@ -554,6 +554,8 @@ CASES = [
     c("state-current-a-file-deploy", "deploy", "third", code=1, arrange=replaced_by("current", "file")),
     c("state-history-a-directory-activate", "activate", "<second>", code=1,
       arrange=replaced_by("state/history.jsonl", "directory")),
+    c("state-underway-a-directory-activate", "activate", "<second>", code=1,
+      arrange=replaced_by("state/underway.json", "directory")),
     # the lock
     c("lock-held-release", "release", "base", code=3, arrange=lock_held),
     c("lock-held-deploy", "deploy", "base", code=3, arrange=lock_held),

@@ -150,6 +150,14 @@ def process_group_members(pgid: int) -> list[int]:
     return members
 
 
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def wait_for_orphans(pgid: int) -> list[str]:
     """The killed deployer's children (a restart, a migrate) run on by themselves: let them end."""
     deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -416,12 +424,19 @@ class FaultStory:
         service starts from `current`. (A group kill can catch scripts/local-service half-way
         through a restart, leaving a gunicorn its pid file does not name; systemd would not.)"""
         releases = os.path.realpath(self.d.deploy_to / "releases") + os.sep
+        killed = []
         for entry in Path("/proc").iterdir():
             try:
                 if entry.name.isdigit() and os.readlink(entry / "cwd").startswith(releases):
                     os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(int(entry.name))
             except (OSError, ProcessLookupError):
                 continue
+        # As after a real reboot, they are gone (and their listening socket closed) before the
+        # service starts: otherwise the start can see the dying one still listening and call it ready.
+        deadline = time.monotonic() + 30
+        while any(running(pid) for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return subprocess.run(self.d.service_command("restart").split(), capture_output=True, text=True, timeout=180)
 
     def database_checks(self, live: str, exact: bool) -> list[str]:
