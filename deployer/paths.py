@@ -91,6 +91,29 @@ def current_sha(paths: Paths) -> str | None:
     return name if (paths.releases / name).is_dir() else None
 
 
+def describe_current(paths: Paths) -> str:
+    """What `current` is, in words, for a message about the true state: `points at releases/<sha>`,
+    `is missing`, `dangles (…)`, `points outside releases/ (…)`, `points at a file (…)`, …"""
+    try:
+        target = os.readlink(paths.current)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError:
+        return "is not a symlink"
+    shown = repr(target)
+    if current_sha(paths) is not None:
+        return f"points at {target}"
+    try:
+        resolved = paths.current.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return f"cannot be resolved (it points at {shown})"
+    if not resolved.exists():
+        return f"dangles (it points at {shown}, which does not exist)"
+    if not resolved.is_dir():
+        return f"points at a file ({shown}), not a release"
+    return f"points outside releases/ ({shown})"
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

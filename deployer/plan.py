@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from deployer import database, envfile, git, lock, migrations, releases, schema, service, standby, venv
+from deployer import database, envfile, git, lock, migrations, preflight, releases, schema, service, standby, underway, venv
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
@@ -196,17 +196,34 @@ def activate_plan(config: Config, paths: Paths, sha_or_prefix: str) -> Plan:
 
 def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, action: str, *, exact: bool,
                 code: str | None = None) -> None:
+    if _refused_state(config, paths, plan):
+        return
     previous, already_live, finishing = starting_point(paths, sha)
     if already_live:
         plan.step("activate", f"release {sha[:12]} is already live; nothing to do")
         return
+    killed = underway.unfinished(paths, sha, previous) if finishing else None
     if finishing:
-        plan.step("activate", f"current already points at {sha[:12]}, but that activation never finished; would finish it")
-    _go_live(config, paths, plan, sha, meta, previous, action, exact=exact, unapply_with=None, force=False, code=code)
+        plan.step("activate", f"current already points at {sha[:12]}, but "
+                  f"{underway.that_run(killed, 'that activation')} never finished; would finish it")
+    _go_live(config, paths, plan, sha, meta, previous, killed.action if killed else action, exact=exact,
+             unapply_with=killed.unapply_with if killed else None, force=bool(killed and killed.force), code=code)
+
+
+def _refused_state(config: Config, paths: Paths, plan: Plan) -> bool:
+    """The real run refuses this state before its first step (preflight): so does the plan."""
+    try:
+        preflight.require_switchable(config, paths)
+    except OperationFailed as exc:
+        plan.refuse(exc, "check current")
+        return True
+    return False
 
 
 def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool) -> Plan:
     plan = _new("rollback", paths)
+    if _refused_state(config, paths, plan):
+        return plan
     try:
         choice = rollback_cmd.choose(paths, to)
     except OperationFailed as exc:
@@ -229,8 +246,9 @@ def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, f
         return plan
     plan.step(f"verify {target[:12]}", "complete")
     meta = releases.read_metadata(paths.release(target)) or {}
+    unapply_with, force = rollback_cmd.schema_authority(paths, choice, migrate, force)
     _go_live(config, paths, plan, target, meta, choice.previous, "rollback", exact=True,
-             unapply_with=choice.rolled_from if migrate else None, force=force)
+             unapply_with=unapply_with, force=force)
     return plan
 
 

@@ -7,11 +7,11 @@ import time
 
 from dataclasses import dataclass
 
-from deployer import envfile, history, hooks, releases, schema, service, signals, smoke, standby, switch
+from deployer import envfile, history, hooks, preflight, releases, schema, service, signals, smoke, standby, switch, underway
 from deployer.config import Config
 from deployer.gate import Gate, Overruled
 from deployer.errors import DeployError, OperationFailed
-from deployer.paths import Paths, current_sha
+from deployer.paths import Paths, current_sha, describe_current
 from deployer.steps import Progress, say
 
 STEPS = 6  # the restart strategy; standby starts and smoke-tests the idle colour first (+1)
@@ -45,20 +45,25 @@ def activate(
         attempt.sha = sha
     env_values = envfile.load(config.env_file, config.required_env)
     started = time.monotonic()
-    progress = Progress(step_count(config) + hook_steps(config, action))
+    previous, already_live, finishing = starting_point(paths, sha)
+    killed = underway.unfinished(paths, sha, previous) if finishing else None
+    unapply_with = killed.unapply_with if killed else None
+    action = killed.action if killed else action
+    progress = Progress(step_count(config) + hook_steps(config, action) + (1 if unapply_with else 0))
     if built_in is not None:
         progress.earlier["build"] = round(built_in, 3)
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
-    previous, already_live, finishing = starting_point(paths, sha)
     if already_live:
         say(f"release {sha[:12]} is already live; nothing to do")
         if gate is not None:
             gate.tell("already-live")
         return sha
     if finishing:
-        say(f"current already points at {sha[:12]}, but that activation never finished; finishing it")
-    go_live(config, paths, progress, sha, meta, previous, action, started, env_values, gate=gate)
+        say(f"current already points at {sha[:12]}, but {underway.that_run(killed, 'that activation')} never finished; "
+            "finishing it")
+    go_live(config, paths, progress, sha, meta, previous, action, started, env_values,
+            unapply_with=unapply_with, force=bool(killed and killed.force), gate=gate)
     return sha
 
 
@@ -107,6 +112,7 @@ def go_live(
     stage = SCHEMA
     plan = None
     colours: Colours | None = None
+    link_before = _odd_link(paths)
     if gate is not None:
         progress.listeners.append(gate.step_started)
 
@@ -116,6 +122,7 @@ def go_live(
                 paths, action, previous, sha, history.OK, backup=_backup_of(plan), deploy_id=deploy_id,
                 seconds=_seconds(started, progress), steps={**progress.earlier, **progress.durations}, warning=warning,
             )
+            underway.clear(paths)  # after the line: a kill in between leaves a record history overrides
 
     try:
         with progress.step(schema_step):
@@ -136,6 +143,7 @@ def go_live(
             colours = _prepare_standby(config, paths, progress, sha, previous)
             if gate is not None:
                 gate.wait("prepared", "go", standby=True, previous=previous)
+            _mark_underway(paths, action, previous, sha, unapply_with, force)
             stage = SWITCH
             with progress.step(f"switch current and socket to {colours.new}"):
                 switch.point_current_at(paths, sha)
@@ -147,6 +155,7 @@ def go_live(
             if gate is not None:
                 stage = PREPARE
                 gate.wait("prepared", "go", standby=False, previous=previous)
+            _mark_underway(paths, action, previous, sha, unapply_with, force)
             stage = SWITCH
             with progress.step(f"switch current to {sha[:12]}"):
                 switch.point_current_at(paths, sha)
@@ -176,7 +185,7 @@ def go_live(
                                         record, gate)
             else:
                 _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values,
-                                       _result_of(stage, exc), record, colours, gate)
+                                       _result_of(stage, exc), record, colours, gate, link_before)
         if failure is exc:
             raise
         raise failure from exc
@@ -280,35 +289,71 @@ def as_failure(exc: BaseException) -> DeployError:
     return OperationFailed(f"unexpected {type(exc).__name__}: {exc}")
 
 
+def _mark_underway(paths: Paths, action: str, previous: str | None, sha: str, unapply_with: str | None,
+                   force: bool) -> None:
+    """Just before `current` moves: what this run is, and what its operator authorised, for the
+    run that finishes it if this one is killed before its history line (deployer/underway.py)."""
+    underway.write(paths, underway.Underway(action, previous, sha, unapply_with, force))
+
+
+def _odd_link(paths: Paths) -> str | None:
+    """What `current` points at when it is a symlink to no release (a put-back restores it)."""
+    if current_sha(paths) is not None:
+        return None
+    try:
+        return os.readlink(paths.current)
+    except OSError:
+        return None
+
+
+def _left_as_it_was(paths: Paths, previous: str | None) -> str:
+    """The true state after a failure before the switch (`current` did not move), in words."""
+    in_current = current_sha(paths)
+    if in_current is not None and in_current != previous:
+        recorded = f"{previous[:12]} is the last release history records as live" if previous else \
+            "history records no live release"
+        return (f"current was not moved: it still points at {in_current[:12]}, where a killed run left it "
+                f"without finishing ({recorded})")
+    if in_current is not None:
+        return f"{in_current[:12]} is still live"
+    if paths.current.is_symlink():
+        return f"current was not moved: it still {describe_current(paths)}"
+    return "nothing was live and nothing is"
+
+
 def _put_back_schema(config, paths, sha, previous, failure, env_values, gate=None):
     """A failure before the switch: `current` never moved; undo a partial migration."""
     schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
-    live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
-    failure.hint = "; ".join(part for part in (f"the live release is untouched: {live}", schema_note, failure.hint) if part)
+    state = _left_as_it_was(paths, previous)
+    if current_sha(paths) == previous:
+        state = f"the live release is untouched: {state}"
+    failure.hint = "; ".join(part for part in (state, schema_note, failure.hint) if part)
 
 
 def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_values, result, record, colours=None,
-                           gate=None):
-    """`current` may have moved: relink the previous release, bring the database back to its
-    migrations, restart and smoke-test it, record the attempt. Each part reports the true state
-    even when it fails itself."""
+                           gate=None, link_before=None):
+    """`current` may have moved: relink the previous release (or the link that named no release),
+    bring the database back to its migrations, restart and smoke-test it, record the attempt. Each
+    part reports the true state even when it fails itself."""
     if config.service.standby and colours is None:
         colours = _colours_now(config, paths, sha)
     try:  # the relinks come before any word about them: output must never decide (§3)
-        if previous is None:
-            switch.remove_current(paths)
-        else:
-            switch.point_current_at(paths, previous)
+        _relink_before(paths, previous, link_before)
         if colours is not None:
             _socket_back(config, paths, colours, previous)
+        underway.clear(paths)
     except BaseException as exc:
         failure.hint = (f"switching back FAILED ({as_failure(exc).message}): current still points at "
                         f"{sha[:12]}; run `deployer rollback --to {(previous or sha)[:12]}`")
         return
     say(f"    switched back to {previous[:12]}" if previous else
+        f"    no release was live before {sha[:12]}; current {describe_current(paths)} again" if link_before else
         f"    no release was live before {sha[:12]}; current is removed")
     schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
-    if previous is None:
+    if previous is None and link_before is not None:
+        restarted = f"; the service was restarted on {sha[:12]} and is not restarted again" if stage in (RESTART, RECORD) else ""
+        back = f"no release was live before: current {describe_current(paths)} again, as before this run{restarted}"
+    elif previous is None:
         back = "nothing was live before, and current is removed"
     elif colours is not None:
         back = _standby_back(config, paths, colours, previous)
@@ -318,6 +363,17 @@ def _put_back_after_switch(config, paths, sha, previous, stage, failure, env_val
         back = f"{previous[:12]} is live again (the service was not restarted)"
     marked = _record_failure(paths, previous, sha, result, failure, record)
     failure.hint = "; ".join(part for part in (back, schema_note, marked) if part)
+
+
+def _relink_before(paths: Paths, previous: str | None, link_before: str | None) -> None:
+    """`current` as it was before the run: the previous release, the link that named no release,
+    or nothing (a first deploy)."""
+    if previous is not None:
+        switch.point_current_at(paths, previous)
+    elif link_before is not None:
+        switch.replace_link(paths.current, link_before)
+    else:
+        switch.remove_current(paths)
 
 
 def _prepare_standby(config: Config, paths: Paths, progress: Progress, sha: str, previous: str | None) -> Colours:
@@ -415,9 +471,9 @@ def _put_back_before_switch(config, paths, sha, previous, failure, env_values, r
         except BaseException as exc:
             stopped = f"stopping {new} failed: {as_failure(exc).message}"
     schema_note = _restore_schema(config, paths, sha, previous, env_values, gate)
-    live = f"{previous[:12]} is still live" if previous else "nothing was live and nothing is"
     marked = _record_failure(paths, previous, sha, result, failure, record)
-    failure.hint = "; ".join(part for part in (f"the public never saw it: {live}", stopped, schema_note, marked) if part)
+    failure.hint = "; ".join(part for part in (f"the public never saw it: {_left_as_it_was(paths, previous)}", stopped,
+                                               schema_note, marked) if part)
 
 
 def _restart_previous(config: Config, paths: Paths, previous: str) -> str:
@@ -453,5 +509,6 @@ def _restore_schema(config, paths, sha, previous, env_values, gate=None) -> str:
 
 
 def main(config: Config, paths: Paths, sha_or_prefix: str, gate: Gate | None = None) -> None:
+    preflight.require_switchable(config, paths)
     with hooks.on_failure(config, paths, "activate") as attempt:
         activate(config, paths, sha_or_prefix, attempt=attempt, gate=gate)

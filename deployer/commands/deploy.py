@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from deployer import hooks
+from deployer import hooks, preflight
 from deployer.commands.activate import activate
 from deployer.commands.release import release
 from deployer.config import Config
@@ -13,6 +13,7 @@ from deployer.steps import say
 
 
 def main(config: Config, paths: Paths, ref: str) -> None:
+    preflight.require_switchable(config, paths)  # before a build: the switch would refuse after it
     started = time.monotonic()
     with hooks.on_failure(config, paths, "deploy") as attempt:
         sha = release(config, paths, ref, action="deploy", attempt=attempt)

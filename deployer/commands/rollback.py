@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from deployer import envfile, history, hooks, releases
+from deployer import envfile, history, hooks, preflight, releases, underway
 from deployer.commands.activate import go_live, hook_steps, step_count
 from deployer.config import Config
 from deployer.errors import OperationFailed
 from deployer.gate import Gate
-from deployer.paths import Paths, current_sha
+from deployer.paths import Paths, current_sha, describe_current
 from deployer.steps import Progress, say
 
 
@@ -31,17 +31,14 @@ def choose(paths: Paths, to: str | None) -> Choice:
     recorded = history.last_live(entries)
     live = current_sha(paths)
     notes = []
-    if live is None and paths.current.is_symlink():
-        # `current` dangles or points outside releases/: roll back from what history says was
-        # live, never "back" to that same release.
+    if live is None:
+        # `current` is missing, dangles, or points outside releases/: roll back from what history
+        # says was live to the release before it, never "back" to that same release.
+        if to is None:
+            _require_an_earlier_release(paths, entries, recorded)
         live = recorded
-        if live is None and to is None:
-            raise OperationFailed(
-                f"{paths.current} does not point at a release and history records none",
-                hint="name a release with `deployer rollback --to SHA`",
-            )
-        if live:
-            notes.append(f"current does not point at a release; rolling back from {live[:12]}, the last one recorded live")
+        if live is not None:
+            notes.append(f"current {describe_current(paths)}; rolling back from {live[:12]}, the last release recorded live")
     target, rolled_from = _target(paths, entries, to, live, recorded)
     in_current = current_sha(paths)
     already_live = target == in_current and target == recorded
@@ -49,6 +46,33 @@ def choose(paths: Paths, to: str | None) -> Choice:
         target, rolled_from, previous=recorded if target == in_current else in_current,
         already_live=already_live, finishing=target == in_current and not already_live, notes=notes,
     )
+
+
+def schema_authority(paths: Paths, choice: Choice, migrate: bool, force: bool) -> tuple[str | None, bool]:
+    """(unapply_with, force) for go_live: this command's own --migrate or --force; with neither,
+    when it finishes a killed run, what that run's operator authorised (deployer/underway.py)."""
+    if migrate:
+        return choice.rolled_from, False
+    if force:
+        return None, True
+    killed = underway.unfinished(paths, choice.target, choice.previous) if choice.finishing else None
+    return (killed.unapply_with, killed.force) if killed else (None, False)
+
+
+def _require_an_earlier_release(paths: Paths, entries: list[dict], recorded: str | None) -> None:
+    """With no release in `current`, re-activating the one history records as live would be a
+    repair, not a rollback: refuse, say what is true, and name the repair (docs/design.md §7)."""
+    state = f"current {describe_current(paths)}"
+    if recorded is None:
+        raise OperationFailed(f"{state} and history records no live release: there is nothing to roll back to",
+                              hint="make a release live with `deployer activate SHA` (`deployer list` names them)")
+    if history.rollback_target(entries, recorded) is None:
+        raise OperationFailed(
+            f"{state}; history records {recorded[:12]} as the last live release and none before it: "
+            "there is nothing to roll back to",
+            hint=f"`deployer activate {recorded[:12]}` puts {recorded[:12]} back in current (a repair), "
+            "or name a release with `deployer rollback --to SHA`",
+        )
 
 
 def rollback(
@@ -68,9 +92,12 @@ def rollback(
             gate.tell("already-live")
         return target
     if choice.finishing:
-        say(f"current already points at {target[:12]}, but that rollback never finished; finishing it")
+        killed = underway.unfinished(paths, target, choice.previous)
+        say(f"current already points at {target[:12]}, but {underway.that_run(killed, 'that run')} never finished; "
+            "finishing it")
+    unapply_with, force = schema_authority(paths, choice, migrate, force)
     env_values = envfile.load(config.env_file, config.required_env)
-    progress = Progress(step_count(config) + (1 if migrate else 0) + hook_steps(config, "rollback"))
+    progress = Progress(step_count(config) + (1 if unapply_with else 0) + hook_steps(config, "rollback"))
     with progress.step(f"verify {target[:12]}"):
         meta = releases.require_complete(paths, target, config.shared_dirs)
     # The same migrate-if-pending path as activate: migrations the database has but the target
@@ -78,7 +105,7 @@ def rollback(
     # --migrate, or kept, --force); the target's own pending migrations are applied after a backup.
     go_live(
         config, paths, progress, target, meta, choice.previous, "rollback", started, env_values,
-        schema_step="check migrations", unapply_with=choice.rolled_from if migrate else None, force=force,
+        schema_step="check migrations", unapply_with=unapply_with, force=force,
         gate=gate,
     )
     return target
@@ -92,7 +119,10 @@ def _target(paths: Paths, entries: list[dict], to: str | None, live: str | None,
     rollback is finished; otherwise current was an unfinished activation and the rollback goes
     back to the recorded release. Rerunning a killed rollback never walks one release further."""
     if to is not None:
-        return releases.find(paths, to), live
+        target = releases.find(paths, to)
+        # --to naming the release a killed run left in current: the recorded live release's code
+        # knows what that run was unapplying.
+        return target, (recorded if target == live and recorded is not None else live)
     if live is not None and recorded is not None and live != recorded:
         if live == history.rollback_target(entries, recorded):
             return live, recorded
@@ -104,5 +134,6 @@ def _target(paths: Paths, entries: list[dict], to: str | None, live: str | None,
 
 
 def main(config: Config, paths: Paths, to: str | None, migrate: bool, force: bool, gate: Gate | None = None) -> None:
+    preflight.require_switchable(config, paths)
     with hooks.on_failure(config, paths, "rollback") as attempt:
         rollback(config, paths, to, migrate, force, attempt=attempt, gate=gate)

@@ -6,10 +6,10 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from deployer import history, lock, service, smoke, standby
+from deployer import history, lock, service, smoke, standby, underway
 from deployer.config import Config
 from deployer.errors import DeployError
-from deployer.paths import Paths, current_sha
+from deployer.paths import Paths, current_sha, describe_current
 
 
 def colours(config: Config, paths: Paths) -> dict | None:
@@ -39,6 +39,7 @@ def collect(config: Config, paths: Paths) -> dict:
         state = f"unknown ({exc.message})"
     site = smoke.health(config.smoke)
     entries = history.read(paths)
+    recorded = history.last_live(entries)
     return {
         "config": str(config.path),
         "deploy_to": str(config.deploy_to),
@@ -46,12 +47,30 @@ def collect(config: Config, paths: Paths) -> dict:
         "colours": colours(config, paths),
         "current": live,
         # False after a run was killed between switching `current` and recording it.
-        "activation_finished": live is None or history.last_live(entries) == live,
+        "activation_finished": live is None or recorded == live,
+        "finish_with": finish_with(paths, live, recorded),
         "previous": history.rollback_target(entries, live),
         "lock": lock.read_holder(paths),
         "service": state,
         "health": {**site, "serves_current": bool(live) and site.get("release") == live},
     }
+
+
+def finish_with(paths: Paths, live: str | None, recorded: str | None) -> str | None:
+    """The command that finishes the run a kill left unfinished (None when nothing is unfinished):
+    `activate` of the release in `current` finishes it with the authorisation the killed run
+    recorded (a `rollback --migrate` unapplies, a `--force` keeps; deployer/underway.py)."""
+    if live is None or live == recorded:
+        return None
+    return f"deployer activate {live[:12]}"
+
+
+def _unfinished_line(paths: Paths, data: dict) -> str:
+    if data["finish_with"] is None:
+        return ""
+    killed = underway.unfinished(paths, data["current"], history.last_live(history.read(paths)))
+    what = f"a `deployer {killed.command()}` was killed after its switch" if killed else "its activation never finished"
+    return f"  ({what}: run `{data['finish_with']}` to finish it)"
 
 
 def main(config: Config, paths: Paths, as_json: bool) -> None:
@@ -68,10 +87,9 @@ def main(config: Config, paths: Paths, as_json: bool) -> None:
             healthy = f"{verdict} (/healthz reports {served})"
         else:
             healthy = f"FAILING ({site.get('error') or 'HTTP ' + str(site.get('http_status'))})"
-        unfinished = "" if data["activation_finished"] else (
-            f"  (its activation never finished: run `deployer activate {data['current'][:12]}`)")
+        unfinished = _unfinished_line(paths, data)
         print(f"config:   {data['config']} (deploy_to {data['deploy_to']})")
-        print(f"current:  {data['current'] or '(none)'}{unfinished}")
+        print(f"current:  {data['current'] or '(none: current ' + describe_current(paths) + ')'}{unfinished}")
         print(f"previous: {data['previous'] or '(none)'}")
         print(f"lock:     {holder}")
         print(f"service:  {data['service']}" + (f" ({data['strategy']})" if data["colours"] else ""))

@@ -304,6 +304,20 @@ def current_pointing_at(target: Callable[[Site], str]):
     return arrange
 
 
+def replaced_by(name: str, kind: str):
+    """deploy_to/<name> replaced by hand: by a directory, by a regular file, or gone."""
+    def arrange(s: Site) -> None:
+        path = s.root / name
+        s.keep(path)
+        _remove(path)
+        if kind == "directory":
+            path.mkdir()
+            (path / "index.html").write_text("copied by hand\n")
+        elif kind == "file":
+            path.write_text("written by hand\n")
+    return arrange
+
+
 def fake_release_sharing_a_prefix(s: Site) -> None:
     # A second directory whose name shares the first 8 hex digits with base: "base[:8]" is ambiguous.
     twin = s.root / "releases" / (s.base[:8] + ("0" if s.base[8] != "0" else "1") + s.base[9:])
@@ -534,6 +548,20 @@ CASES = [
     c("state-current-outside-releases", "rollback", code=1, arrange=current_pointing_at(lambda s: "shared")),
     c("state-current-outside-named-like-a-release", "rollback", code=1,
       arrange=current_pointing_at(lambda s: f"/nonexistent/{s.base}")),
+    c("state-current-a-file-via-symlink", "rollback", code=1,
+      arrange=current_pointing_at(lambda s: f"releases/{s.base}/RELEASE.json")),
+    c("state-current-missing", "rollback", code=1, arrange=replaced_by("current", "missing")),
+    # corrupted state: what the switch or the history line would refuse, refused before the first step
+    c("state-current-a-directory-activate", "activate", "<second>", code=1, arrange=replaced_by("current", "directory")),
+    c("state-current-a-directory-rollback-to", "rollback", "--to", "<second>", code=1,
+      arrange=replaced_by("current", "directory")),
+    c("state-current-a-directory-rollback", "rollback", code=1, arrange=replaced_by("current", "directory")),
+    c("state-current-a-file-activate", "activate", "<second>", code=1, arrange=replaced_by("current", "file")),
+    c("state-current-a-file-deploy", "deploy", "third", code=1, arrange=replaced_by("current", "file")),
+    c("state-history-a-directory-activate", "activate", "<second>", code=1,
+      arrange=replaced_by("state/history.jsonl", "directory")),
+    c("state-underway-a-directory-activate", "activate", "<second>", code=1,
+      arrange=replaced_by("state/underway.json", "directory")),
     # the lock
     c("lock-held-release", "release", "base", code=3, arrange=lock_held),
     c("lock-held-deploy", "deploy", "base", code=3, arrange=lock_held),

@@ -150,6 +150,14 @@ def process_group_members(pgid: int) -> list[int]:
     return members
 
 
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def wait_for_orphans(pgid: int) -> list[str]:
     """The killed deployer's children (a restart, a migrate) run on by themselves: let them end."""
     deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -326,9 +334,10 @@ class FaultStory:
         assert run.proc.returncode == 0, f"setup `deployer {' '.join(args)}` failed:\n{run.text}"
 
     def strike(self, kind: str, triggers: list[str], args: tuple[str, ...], *, target: str | None = None,
-               built: str | None = None) -> Point:
+               built: str | None = None, then: tuple[str, ...] | None = None) -> Point:
         """Kill `deployer args` at a seeded point, check the site, run it again, check again.
-        `target`: the release it makes live (None: current must not move); `built`: the one it builds."""
+        `target`: the release it makes live (None: current must not move); `built`: the one it builds;
+        `then`: what the operator runs next instead of the same command (when `status` says unfinished)."""
         d = self.d
         before = d.current
         trigger, delay, whole_group = self.choose(kind, triggers)
@@ -349,9 +358,13 @@ class FaultStory:
         if args[0] == "rollback" and self.rollback_finished(target, problems):
             point.next = "status (the rollback had finished)"
         else:
-            again = self.run(kind, *args)
+            next_args = then or args
+            if then:
+                point.next = f"`deployer {' '.join(a[:12] for a in then)}`"
+            again = self.run(kind, *next_args)
             if again.proc.returncode != 0:
-                problems.append(f"running `deployer {point.command}` again exited {again.proc.returncode}: {again.last_line()}")
+                problems.append(f"running `deployer {' '.join(a[:12] for a in next_args)}` next exited "
+                                f"{again.proc.returncode}: {again.last_line()}")
         expected = target or before
         if d.current != expected:
             problems.append(f"after the re-run current is {str(d.current)[:12]}, expected {expected[:12]}")
@@ -411,12 +424,19 @@ class FaultStory:
         service starts from `current`. (A group kill can catch scripts/local-service half-way
         through a restart, leaving a gunicorn its pid file does not name; systemd would not.)"""
         releases = os.path.realpath(self.d.deploy_to / "releases") + os.sep
+        killed = []
         for entry in Path("/proc").iterdir():
             try:
                 if entry.name.isdigit() and os.readlink(entry / "cwd").startswith(releases):
                     os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(int(entry.name))
             except (OSError, ProcessLookupError):
                 continue
+        # As after a real reboot, they are gone (and their listening socket closed) before the
+        # service starts: otherwise the start can see the dying one still listening and call it ready.
+        deadline = time.monotonic() + 30
+        while any(running(pid) for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return subprocess.run(self.d.service_command("restart").split(), capture_output=True, text=True, timeout=180)
 
     def database_checks(self, live: str, exact: bool) -> list[str]:
@@ -492,6 +512,8 @@ ACTIVATE_STEPS = steps(6)
 ROLLBACK_MIGRATE_STEPS = steps(7)  # `unapply migrations` runs after the switch
 PRUNE_DELETING = ["removing"]
 REFS = ("base", "visible", "second", "third", "migration")
+UNAPPLY_STEP = ROLLBACK_MIGRATE_STEPS[3]  # [4/7] unapply migrations
+UNAPPLY_ROUNDS = 2
 PLAIN_ROUNDS = 4
 MIGRATION_ROUNDS = 6
 PRUNE_ROUNDS = 4
@@ -522,6 +544,11 @@ def test_kill_9_at_seeded_points_never_leaves_the_site_broken(deployment, source
     for _ in range(MIGRATION_ROUNDS):
         story.strike("activate-migrate", ACTIVATE_STEPS, ("activate", migration), target=migration)
         story.strike("rollback-migrate", ROLLBACK_MIGRATE_STEPS, ("rollback", "--migrate"), target=visible)
+    # Killed in `unapply migrations` (after the switch, before the restart), the operator then
+    # activates the release `current` names instead of repeating the rollback: it finishes it.
+    for _ in range(UNAPPLY_ROUNDS):
+        story.strike("activate-migrate", ACTIVATE_STEPS, ("activate", migration), target=migration)
+        story.strike("unapply", [UNAPPLY_STEP], ("rollback", "--migrate"), target=visible, then=("activate", visible))
 
     # Prune while it deletes, then rebuild what it deleted: a deploy and a release, each killed.
     for _ in range(PRUNE_ROUNDS):
@@ -599,3 +626,81 @@ def test_stderr_closed_at_seeded_points_never_changes_what_a_command_does(deploy
         lose_output("activate-failing", ("activate", second), ACTIVATE_STEPS, 1, visible)
 
     assert not violations, "\n".join(violations)
+
+
+def unapply_running(pgid: int) -> bool:
+    """The `manage.py migrate treatments …` of the `unapply migrations` step is running."""
+    for pid in process_group_members(pgid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"manage.py" in argv and b"migrate" in argv and b"treatments" in argv:
+            return True
+    return False
+
+
+def kill_rollback_migrate_while_it_unapplies(deployment) -> None:
+    """kill -9 to the whole `deployer rollback --migrate` (its migrate child with it) once the
+    unapply has started: `current` already names the older release, the database still holds
+    the newer one's migration (the killed migrate never committed), history still says the newer
+    release is live, and the newer release's gunicorn still serves."""
+    run = Run(deployment, ("rollback", "--migrate"))
+    while not unapply_running(run.proc.pid):
+        assert run.proc.poll() is None, f"the rollback ended before its unapply step:\n{run.text}"
+        time.sleep(0.005)
+    os.killpg(run.proc.pid, signal.SIGKILL)
+    run.wait()
+    assert not wait_for_orphans(run.proc.pid)
+    assert "[4/7] unapply migrations" in run.text, run.text
+
+
+@pytest.mark.parametrize("record", ["kept", "lost"])
+def test_a_rollback_migrate_killed_while_unapplying_is_finished_or_refused_truthfully(deployment, source_repo, record):
+    """The operator's story after the kill: `status` names the command that finishes the run;
+    `activate <older>` finishes the rollback with the authorisation the killed run recorded
+    (state/underway.json). Without that record (`lost`: a deployer from before it, or a hand
+    clean-up) activate refuses, changes nothing, says where `current` really points and names the
+    command that does finish it. Either way the end is one release live, serving, and recorded."""
+    visible, migration = source_repo.sha("visible"), source_repo.sha("migration")
+    deployment.ok("deploy", "visible")
+    deployment.ok("deploy", "migration")
+    entries = deployment.history()
+
+    kill_rollback_migrate_while_it_unapplies(deployment)
+
+    assert deployment.current == visible
+    assert AFTERCARE in applied(deployment.database)
+    assert deployment.history() == entries
+    if record == "lost":
+        (deployment.deploy_to / "state" / "underway.json").unlink()
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    assert (status["current"], status["activation_finished"]) == (visible, False)
+    assert status["finish_with"] == f"deployer activate {visible[:12]}"
+    said = deployment.ok("status").stdout
+    assert f"run `deployer activate {visible[:12]}` to finish it" in said
+    assert ("`deployer rollback --migrate` was killed after its switch" in said) == (record == "kept")
+
+    result = deployment.deployer("activate", visible)
+
+    if record == "lost":
+        assert result.returncode == 1, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("deployer: error:") and "Traceback" not in result.stderr
+        assert f"it still points at {visible[:12]}, where a killed run left it" in last, last
+        assert f"{migration[:12]} is still live" not in last
+        assert f"`deployer rollback --to {visible[:12]} --migrate`" in last, last
+        assert deployment.current == visible and deployment.history() == entries
+        assert AFTERCARE in applied(deployment.database)
+        result = deployment.deployer("rollback", "--to", visible[:12], "--migrate")
+    assert result.returncode == 0, result.stderr
+    assert "never finished; finishing it" in result.stderr
+    assert deployment.current == visible
+    assert deployment.healthz()["release"] == visible
+    assert AFTERCARE not in applied(deployment.database)
+    last = deployment.history()[-1]
+    assert (last["action"], last["from"], last["to"], last["result"]) == ("rollback", migration, visible, "ok")
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    assert status["activation_finished"] is True and status["finish_with"] is None
+    assert status["health"]["serves_current"] is True
+    assert not (deployment.deploy_to / "state" / "underway.json").exists()

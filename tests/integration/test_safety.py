@@ -177,6 +177,68 @@ def test_activate_of_an_older_release_refuses_when_the_database_is_ahead(deploym
 
 # --- C: state the deployer must not misread ---------------------------------------------------
 
+def put_in_place_of(path, kind: str) -> None:
+    """What an operator's slip leaves where a symlink belongs (`cp -r`, `>`, a stray mkfifo)."""
+    path.unlink()
+    if kind == "directory":
+        path.mkdir()
+        (path / "index.html").write_text("copied by hand\n")
+    elif kind == "regular file":
+        path.write_text("written by hand\n")
+    else:
+        os.mkfifo(path)
+
+
+def refused_up_front(result, what: str) -> str:
+    """Exit 1, and the refusal is the only line: no step ran."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("deployer: error:") and what in lines[0] and "nothing was changed" in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["directory", "regular file", "FIFO"])
+def test_a_current_that_is_not_a_symlink_is_refused_before_the_first_step(deployment, source_repo, kind):
+    """Someone replaced `current` by hand. Every command that would switch refuses before its
+    first step: no migrate (the `migration` release has one pending), no backup, no build, no
+    history line; `current` stays as it is and the service goes on serving what it served."""
+    deployment.ok("deploy", "visible")
+    migration = deployment.release("migration")
+    entries = deployment.history()
+    current = deployment.deploy_to / "current"
+    put_in_place_of(current, kind)
+
+    for args in (("activate", migration), ("rollback", "--to", migration), ("rollback",),
+                 ("rollback", "--to", migration, "--migrate"), ("deploy", "second")):
+        refused_up_front(deployment.deployer(*args), f"current is a {kind}, not a symlink")
+        plan = deployment.deployer(*args, "--plan")
+        assert plan.returncode == 1 and "REFUSED" in plan.stdout, plan.stdout + plan.stderr
+
+    assert deployment.history() == entries
+    assert MIGRATION not in applied(deployment.database)
+    assert list((deployment.deploy_to / "state" / "backups").iterdir()) == []
+    assert source_repo.sha("second") not in deployment.releases
+    assert not current.is_symlink() and os.path.lexists(current)
+    assert deployment.healthz()["release"] == source_repo.sha("visible")
+
+
+@pytest.mark.strategy("standby")
+def test_a_live_socket_link_that_is_a_file_is_refused_before_the_standby_starts(deployment, source_repo):
+    deployment.ok("deploy", "visible")
+    migration = deployment.release("migration")
+    entries = deployment.history()
+    put_in_place_of(deployment.deploy_to / "live.sock", "regular file")
+
+    refused_up_front(deployment.deployer("activate", migration), "live.sock is a regular file, not a symlink")
+
+    assert deployment.history() == entries
+    assert MIGRATION not in applied(deployment.database)
+    assert deployment.current == source_repo.sha("visible")
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    assert [c for c, info in status["colours"].items() if info["running"]] == ["blue"]
+
+
 @pytest.mark.parametrize("where", ["outside", "dangling"])
 def test_rollback_from_a_current_that_points_at_no_release_goes_to_the_recorded_previous(deployment, source_repo, where, tmp_path):
     deployment.ok("deploy", "base")
@@ -194,6 +256,70 @@ def test_rollback_from_a_current_that_points_at_no_release_goes_to_the_recorded_
 
     assert deployment.current == source_repo.sha("base")
     assert deployment.healthz()["release"] == source_repo.sha("base")
+
+
+def point_current_at_no_release(deployment, where: str, tmp_path, sha: str) -> str | None:
+    """`current` as a slip or a disk problem leaves it; returns its target (None: it is gone)."""
+    link = deployment.deploy_to / "current"
+    link.unlink()
+    target = {"dangling": f"releases/{'f' * 40}", "outside": str(tmp_path / "elsewhere" / sha),
+              "a file": f"releases/{sha}/RELEASE.json", "missing": None}[where]
+    if where == "outside":
+        (tmp_path / "elsewhere" / sha).mkdir(parents=True)
+    if target is not None:
+        link.symlink_to(target)
+    return target
+
+
+WHAT_CURRENT_IS = {"dangling": "current dangles", "outside": "current points outside releases/",
+                   "a file": "current points at a file", "missing": "current is missing"}
+
+
+@pytest.mark.parametrize("where", ["dangling", "outside", "a file", "missing"])
+def test_a_rollback_with_no_release_in_current_and_none_before_refuses_and_names_the_repair(deployment, source_repo,
+                                                                                             where, tmp_path):
+    """Only `base` was ever live, and `current` no longer names it. Making `base` live again would
+    be a repair, not a rollback: rollback refuses, changes nothing, says what `current` is, and
+    names `deployer activate <base>`, which repairs it."""
+    deployment.ok("deploy", "base")
+    base = source_repo.sha("base")
+    target = point_current_at_no_release(deployment, where, tmp_path, base)
+    entries = deployment.history()
+
+    result = deployment.deployer("rollback")
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert WHAT_CURRENT_IS[where] in last and "nothing to roll back to" in last, last
+    assert f"`deployer activate {base[:12]}`" in last and "repair" in last, last
+    assert "is live" not in result.stderr
+    assert deployment.history() == entries
+    link = deployment.deploy_to / "current"
+    assert (os.readlink(link) if link.is_symlink() else None) == target
+
+    deployment.ok("activate", base[:12])
+
+    assert deployment.current == base
+    status = json.loads(deployment.ok("status", "--json").stdout)
+    assert (status["current"], status["activation_finished"], status["health"]["serves_current"]) == (base, True, True)
+
+
+def test_a_failed_activate_puts_back_a_current_that_named_no_release_and_says_so(deployment, source_repo, tmp_path):
+    """`current` pointed outside releases/ and the operator's repair fails (the release cannot
+    boot): the put-back restores that link as it was (it removed it before) and the last line says
+    no release was live, never that one is live again."""
+    deployment.ok("deploy", "base")
+    no_boot = deployment.release("no-boot")
+    target = point_current_at_no_release(deployment, "outside", tmp_path, source_repo.sha("base"))
+
+    result = deployment.deployer("activate", no_boot)
+
+    assert result.returncode == 1
+    last = one_error_line(result)
+    assert "no release was live before: current points outside releases/" in last and "as before this run" in last
+    assert "live again" not in last
+    assert os.readlink(deployment.deploy_to / "current") == target
+    assert deployment.history()[-1]["result"] == "failed-smoke"
 
 
 def test_release_of_the_live_sha_never_rebuilds_it_even_when_it_was_edited(deployment, source_repo):
