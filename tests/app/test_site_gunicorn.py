@@ -104,6 +104,14 @@ def short_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def wait_until_listening(server, sock, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not sock.exists():
+        assert server.poll() is None, server.communicate()[1]
+        assert time.monotonic() < deadline, f"gunicorn did not listen within {seconds:g} s"
+        time.sleep(0.1)
+
+
 def start_gunicorn(release, env, sock):
     return subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py",
@@ -124,11 +132,7 @@ def test_gunicorn_serves_the_release_over_a_unix_socket(
     env.pop("DJANGO_SETTINGS_MODULE")  # config.wsgi defaults to production
     server = start_gunicorn(built_release, env, sock)
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert server.poll() is None, server.communicate()[1]
-            assert time.monotonic() < deadline, "gunicorn did not listen within 20 s"
-            time.sleep(0.1)
+        wait_until_listening(server, sock)
         status, headers, body = get(
             str(sock), "/healthz", Host="skinmenu.example.com", **{"X-Forwarded-Proto": "https"}
         )
@@ -192,11 +196,7 @@ def test_a_monitors_head_and_a_scanners_host_leave_one_quiet_line_in_the_journal
     env = {**release_env(prod_env), "HOME": str(short_tmp)}
     server = start_gunicorn(built_release, env, sock)
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert server.poll() is None, server.communicate()[1]
-            assert time.monotonic() < deadline, "gunicorn did not listen within 20 s"
-            time.sleep(0.1)
+        wait_until_listening(server, sock)
         https = {"Host": "skinmenu.example.com", "X-Forwarded-Proto": "https"}
         _, get_headers, get_body = request(str(sock), "GET", "/healthz", **https)
         status, head_headers, head_body = request(str(sock), "HEAD", "/healthz", **https)
