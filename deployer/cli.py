@@ -207,7 +207,7 @@ class CommitIsh(click.ParamType):
 
 def plan_options(command):
     """--plan and --json: show what the command would do, change nothing, take no lock."""
-    command = click.option("--json", "as_json", is_flag=True, help="With --plan: one JSON object (see README).")(command)
+    command = click.option("--json", "as_json", is_flag=True, help="With --plan: one JSON object (see docs/reference.md).")(command)
     return click.option("--plan", "plan", is_flag=True,
                         help="Print what would happen, step by step; change nothing, take no lock.")(command)
 
@@ -415,7 +415,7 @@ def prune(session: Session, keep: int | None, dry_run: bool, wait: float, plan: 
 
 
 @main.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Stable JSON output (see README).")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON output (see docs/reference.md).")
 @click.pass_obj
 def list_(session: Session, as_json: bool) -> None:
     """Releases, newest first, with their state."""
@@ -428,7 +428,7 @@ def list_(session: Session, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Stable JSON output (see README).")
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON output (see docs/reference.md).")
 @click.pass_obj
 def status(session: Session, as_json: bool) -> None:
     """Current and previous release, lock holder, service state, site health.
