@@ -17,24 +17,16 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from deployer import database, envfile, git, lock, migrations, preflight, releases, schema, service, standby, underway, venv
+from deployer import database, envfile, git, hooks, lock, migrations, preflight, releases, schema, service, standby, underway, venv
 from deployer.commands import prune as prune_cmd
 from deployer.commands import release as release_cmd
 from deployer.commands import rollback as rollback_cmd
-from deployer.commands.activate import starting_point
+from deployer.commands.activate import schema_step, starting_point
 from deployer.config import Config
 from deployer.errors import BadInput, DeployError, OperationFailed
 from deployer.paths import Paths, current_sha, stale_tmp_dirs
 from deployer.steps import dotted
 
-# The hook points each command passes, in order (on_failure runs only when it fails).
-HOOK_POINTS = {
-    "release": ("after_build",),
-    "activate": ("before_switch", "after_live"),
-    "deploy": ("after_build", "before_switch", "after_live"),
-    "rollback": ("before_switch", "after_rollback"),
-    "prune": (),
-}
 _MIGRATION_FILE = re.compile(r"(?:^|/)(?P<app>[^/]+)/migrations/(?P<name>[^/]+)\.py$")
 
 
@@ -272,13 +264,13 @@ def _go_live(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, pre
         "kept": [f"{app}.{name}" for app, name in decided.kept], "exact": exact,
     }
     if apply:
-        plan.step("migrate", f"would apply {schema.summary(decided.to_apply)} with {sha[:12]}'s code"
+        plan.step(schema_step(action), f"would apply {schema.summary(decided.to_apply)} with {sha[:12]}'s code"
                   + ("" if exact else " (the graph is known exactly only after the build: the venv is built anew)"))
     elif not unapply:
-        plan.step("migrate", "the database already matches the release's migrations")
+        plan.step(schema_step(action), "the database already matches the release's migrations")
     for line in notes:
         if line.startswith("--force"):
-            plan.step("migrate", line.replace("--force: leaving", "--force: would leave"))
+            plan.step(schema_step(action), line.replace("--force: leaving", "--force: would leave"))
     if decided.needs_backup:
         stem = migrations.backup_stem(decided.database.name, f"before-{action}-{sha[:12]}")
         backup = str(paths.backups / (stem + database.backup_suffix(decided.database)))
@@ -291,31 +283,33 @@ def _go_live(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, pre
     _hooks(config, plan, "before_switch")
     plan.data["current"]["after"] = sha
     now = plan.data["current"]["now"]
+    was = f" (now {now[:12]})" if now else " (now none)"
     if config.service.standby:
-        _standby_steps(config, paths, plan, sha)
-    plan.step("switch current", f"current would point at releases/{sha}" + (f" (now {now[:12]})" if now else " (now none)"))
+        new = _standby_steps(config, paths, plan, sha)
+        plan.step(f"switch current and socket to {new}", f"current would point at releases/{sha}{was}; "
+                  f"live.sock at {config.service.socket_of(new)}")
+    else:
+        plan.step(f"switch current to {sha[:12]}", f"current would point at releases/{sha}{was}")
     if unapply:
         plan.step("unapply migrations", f"would unapply {', '.join(unapply)} with {decided.helper[:12]}'s code")
     if not config.service.standby:
         plan.step("restart service", " ".join(config.service.restart_argv))
     plan.step("smoke test", f"{config.smoke.url}: must report {sha[:12]}; on failure switch back to "
               + (previous[:12] if previous else "nothing (current removed)"))
-    _hooks(config, plan, "after_rollback" if action == "rollback" else "after_live")
+    _hooks(config, plan, hooks.after_live_point(action))
     plan.step("record history", f"{action} {previous[:12] if previous else '(none)'} -> {sha[:12]}")
 
 
-def _standby_steps(config: Config, paths: Paths, plan: Plan, sha: str) -> None:
-    """docs/design.md §16: the idle colour starts from the release and is smoke-tested on its socket."""
-    live = standby.live_colour(config, paths)
-    new = standby.other(live) if live else standby.COLOURS[0]
-    if live and standby.slot_sha(paths, live) == sha:
-        new = live
+def _standby_steps(config: Config, paths: Paths, plan: Plan, sha: str) -> str:
+    """docs/design.md §16: the idle colour starts from the release and is smoke-tested on its
+    socket. Returns that colour, chosen as the run chooses it."""
+    new, _ = standby.colours_for(config, paths, sha)
     if standby.slot_sha(paths, new) == sha and standby.running(config, new):
         plan.step(f"{new} already runs {sha[:12]}", "warm standby: no start")
     else:
         plan.step(f"start {new} from {sha[:12]}", " ".join(standby.start_argv(config, new)))
     plan.step(f"smoke test {new} socket", str(config.service.socket_of(new)))
-    plan.step("switch socket", f"live.sock would point at {config.service.socket_of(new)} ({new})")
+    return new
 
 
 def _subject(paths: Paths, sha: str) -> str:

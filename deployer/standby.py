@@ -76,6 +76,17 @@ def live_colour(config: Config, paths: Paths) -> str | None:
     return None
 
 
+def colours_for(config: Config, paths: Paths, sha: str) -> tuple[str, str | None]:
+    """(the colour that will serve `sha`, the colour live before it or None): the idle one,
+    unless a run killed after its socket rename left the live colour already serving `sha`.
+    The run and its --plan both decide here."""
+    live = live_colour(config, paths)
+    if live is not None and slot_sha(paths, live) == sha and running(config, live):
+        old = other(live)
+        return live, (old if slot_sha(paths, old) else None)
+    return (other(live) if live else COLOURS[0]), live
+
+
 def idle_colour(config: Config, paths: Paths) -> str:
     live = live_colour(config, paths)
     return other(live) if live else COLOURS[0]

@@ -67,6 +67,11 @@ def activate(
     return sha
 
 
+def schema_step(action: str) -> str:
+    """The name of the schema step: a rollback checks what the target's migrations need."""
+    return "check migrations" if action == "rollback" else "migrate"
+
+
 def hook_steps(config: Config, action: str) -> int:
     """The steps go_live's hooks add: before_switch, then after_live (after_rollback for a rollback)."""
     return hooks.count(config, "before_switch", hooks.after_live_point(action))
@@ -95,7 +100,6 @@ def go_live(
     started: float,
     env_values: dict[str, str],
     *,
-    schema_step: str = "migrate",
     unapply_with: str | None = None,
     force: bool = False,
     gate: Gate | None = None,
@@ -125,7 +129,7 @@ def go_live(
             underway.clear(paths)  # after the line: a kill in between leaves a record history overrides
 
     try:
-        with progress.step(schema_step):
+        with progress.step(schema_step(action)):
             if owns_schema:
                 plan = schema.plan(config, paths, env_values, sha, meta, unapply_with=unapply_with, force=force,
                                    note=progress.note)
@@ -379,13 +383,7 @@ def _relink_before(paths: Paths, previous: str | None, link_before: str | None) 
 def _prepare_standby(config: Config, paths: Paths, progress: Progress, sha: str, previous: str | None) -> Colours:
     """Steps 1-2 of a standby activation: the idle colour runs `sha` and passes the smoke test on
     its own socket. The public has not seen it; nothing live has changed."""
-    live = standby.live_colour(config, paths)
-    if live is not None and standby.slot_sha(paths, live) == sha and standby.running(config, live):
-        # A run killed after its socket rename: the live colour already serves `sha`.
-        old = standby.other(live)
-        live, new = (old if standby.slot_sha(paths, old) else None), live
-    else:
-        new = standby.other(live) if live else standby.COLOURS[0]
+    new, live = standby.colours_for(config, paths, sha)
     try:
         old_link = os.readlink(standby.socket_link(paths))
     except OSError:

@@ -105,7 +105,7 @@ def rollback(
     # --migrate, or kept, --force); the target's own pending migrations are applied after a backup.
     go_live(
         config, paths, progress, target, meta, choice.previous, "rollback", started, env_values,
-        schema_step="check migrations", unapply_with=unapply_with, force=force,
+        unapply_with=unapply_with, force=force,
         gate=gate,
     )
     return target

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -275,3 +276,33 @@ def test_reading_the_migrations_leaves_a_wal_database_byte_for_byte(tmp_path, wr
     assert found == expected
     if writer:
         writer.close()
+
+
+STEP_LINE = re.compile(r"\[\d+/\d+\] (?P<name>.+?) \.{3,} ok ")
+
+
+def run_steps(result) -> list[str]:
+    return [m.group("name") for m in map(STEP_LINE.match, result.stderr.splitlines()) if m]
+
+
+@pytest.mark.parametrize("strategy", [pytest.param(name, marks=pytest.mark.strategy(name))
+                                      for name in ("standby", "restart")])
+@pytest.mark.parametrize("command", ["activate", "rollback"])
+def test_every_step_the_run_prints_is_in_its_plan_in_the_same_order(deployment, source_repo, strategy, command):
+    """--plan decides with the run's own functions: the colour it names, the switch step's
+    name and the hooks are the ones the run then prints (issue 17)."""
+    deployment.ok("deploy", "base")
+    second = deployment.release("second")
+    args = ("activate", second) if command == "activate" else ("rollback",)
+    if command == "rollback":
+        deployment.ok("activate", second)
+
+    _, plan = plan_json(deployment, *args)
+    result = deployment.ok(*args)
+
+    planned = [step["step"] for step in plan["steps"]]
+    ran = run_steps(result)
+    assert ran, result.stderr
+    verify = "verify release" if command == "activate" else f"verify {source_repo.sha('base')[:12]}"
+    positions = [planned.index(name) if name in planned else -1 for name in ran if name != verify]
+    assert -1 not in positions and positions == sorted(positions), (planned, ran)
