@@ -112,6 +112,16 @@ def wait_until_listening(server, sock, seconds: float = 20) -> None:
         time.sleep(0.1)
 
 
+def stop_gunicorn(server) -> str:
+    """SIGTERM, as systemd stops it; its stderr (the journal)."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        return server.communicate(timeout=25)[1]
+    except subprocess.TimeoutExpired:
+        server.kill()
+        raise
+
+
 def start_gunicorn(release, env, sock):
     return subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py",
@@ -150,12 +160,7 @@ def test_gunicorn_serves_the_release_over_a_unix_socket(
         # gunicorn's control socket (on by default since 25.1) is off.
         assert not (short_tmp / ".gunicorn").exists()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = server.communicate(timeout=25)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        stderr = stop_gunicorn(server)
     assert server.returncode == 0, stderr
     assert "Shutting down: Master" in stderr
     assert prod_env["DJANGO_SECRET_KEY"] not in stderr
@@ -207,12 +212,7 @@ def test_a_monitors_head_and_a_scanners_host_leave_one_quiet_line_in_the_journal
                                **{"X-Forwarded-Proto": "https"})
         assert status == 400
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = server.communicate(timeout=25)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        stderr = stop_gunicorn(server)
     assert "no-body response" not in stderr
     assert "Traceback" not in stderr and "ERROR" not in stderr
     host_lines = [line for line in stderr.splitlines() if "scanner.invalid" in line]
