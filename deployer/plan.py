@@ -190,16 +190,15 @@ def _activation(config: Config, paths: Paths, plan: Plan, sha: str, meta: dict, 
                 code: str | None = None) -> None:
     if _refused_state(config, paths, plan):
         return
-    previous, already_live, finishing = starting_point(paths, sha)
-    if already_live:
+    start = starting_point(paths, sha)
+    if start.already_live:
         plan.step("activate", f"release {sha[:12]} is already live; nothing to do")
         return
-    killed = underway.unfinished(paths, sha, previous) if finishing else None
-    if finishing:
+    if start.finishing:
         plan.step("activate", f"current already points at {sha[:12]}, but "
-                  f"{underway.that_run(killed, 'that activation')} never finished; would finish it")
-    _go_live(config, paths, plan, sha, meta, previous, killed.action if killed else action, exact=exact,
-             unapply_with=killed.unapply_with if killed else None, force=bool(killed and killed.force), code=code)
+                  f"{underway.that_run(start.killed, 'that activation')} never finished; would finish it")
+    _go_live(config, paths, plan, sha, meta, start.previous, start.action(action), exact=exact,
+             unapply_with=start.unapply_with, force=start.force, code=code)
 
 
 def _refused_state(config: Config, paths: Paths, plan: Plan) -> bool:
@@ -238,7 +237,7 @@ def rollback_plan(config: Config, paths: Paths, to: str | None, migrate: bool, f
         return plan
     plan.step(f"verify {target[:12]}", "complete")
     meta = releases.read_metadata(paths.release(target)) or {}
-    unapply_with, force = rollback_cmd.schema_authority(paths, choice, migrate, force)
+    unapply_with, force = rollback_cmd.schema_authority(choice, migrate, force)
     _go_live(config, paths, plan, target, meta, choice.previous, "rollback", exact=True,
              unapply_with=unapply_with, force=force)
     return plan

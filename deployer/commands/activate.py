@@ -45,25 +45,23 @@ def activate(
         attempt.sha = sha
     env_values = envfile.load(config.env_file, config.required_env)
     started = time.monotonic()
-    previous, already_live, finishing = starting_point(paths, sha)
-    killed = underway.unfinished(paths, sha, previous) if finishing else None
-    unapply_with = killed.unapply_with if killed else None
-    action = killed.action if killed else action
-    progress = Progress(step_count(config) + hook_steps(config, action) + (1 if unapply_with else 0))
+    start = starting_point(paths, sha)
+    action = start.action(action)
+    progress = Progress(step_count(config) + hook_steps(config, action) + (1 if start.unapply_with else 0))
     if built_in is not None:
         progress.earlier["build"] = round(built_in, 3)
     with progress.step("verify release"):
         meta = releases.require_complete(paths, sha, config.shared_dirs)
-    if already_live:
+    if start.already_live:
         say(f"release {sha[:12]} is already live; nothing to do")
         if gate is not None:
             gate.tell("already-live")
         return sha
-    if finishing:
-        say(f"current already points at {sha[:12]}, but {underway.that_run(killed, 'that activation')} never finished; "
-            "finishing it")
-    go_live(config, paths, progress, sha, meta, previous, action, started, env_values,
-            unapply_with=unapply_with, force=bool(killed and killed.force), gate=gate)
+    if start.finishing:
+        say(f"current already points at {sha[:12]}, but {underway.that_run(start.killed, 'that activation')} "
+            "never finished; finishing it")
+    go_live(config, paths, progress, sha, meta, start.previous, action, started, env_values,
+            unapply_with=start.unapply_with, force=start.force, gate=gate)
     return sha
 
 
@@ -77,16 +75,37 @@ def hook_steps(config: Config, action: str) -> int:
     return hooks.count(config, "before_switch", hooks.after_live_point(action))
 
 
-def starting_point(paths: Paths, sha: str) -> tuple[str | None, bool, bool]:
-    """(the release live before, already live: nothing to do, finishing a killed activation)."""
+@dataclass(frozen=True)
+class Start:
+    """Where an activation of a release starts from (shared with --plan)."""
+
+    previous: str | None  # the release live before
+    already_live: bool = False  # nothing to do
+    finishing: bool = False  # a killed run left `current` here before its history line
+    killed: underway.Underway | None = None  # that run's record, when it left one
+
+    def action(self, default: str) -> str:
+        """A finished run is recorded as the run it finishes (a killed rollback stays a rollback)."""
+        return self.killed.action if self.killed else default
+
+    @property
+    def unapply_with(self) -> str | None:
+        return self.killed.unapply_with if self.killed else None
+
+    @property
+    def force(self) -> bool:
+        return bool(self.killed and self.killed.force)
+
+
+def starting_point(paths: Paths, sha: str) -> Start:
     previous = current_sha(paths)
     if previous != sha:
-        return previous, False, False
+        return Start(previous)
     recorded = history.last_live(history.read(paths))
     if recorded == sha:
-        return previous, True, False
+        return Start(previous, already_live=True)
     # A run killed between the switch and its history line: finish what it started.
-    return recorded, False, True
+    return Start(recorded, finishing=True, killed=underway.unfinished(paths, sha, recorded))
 
 
 def go_live(

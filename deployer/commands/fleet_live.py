@@ -64,8 +64,8 @@ class Run:
     told_go: bool = False  # told to go live: it may have switched
     committed: bool = False  # told to keep the release: nothing switches it back now
     previous: str | None = None  # the release it served before (its `prepared` event says)
-    put_back_by_us: str = ""  # what the orchestrator did for it after its deployer died
-    repaired: bool = False  # and that it is back on its previous release
+    repaired: bool | None = None  # its deployer died: whether the orchestrator put it back (None: not needed)
+    repair_failure: str = ""  # why putting it back failed
     warnings: list[str] = field(default_factory=list)
     lines: deque = field(default_factory=lambda: deque(maxlen=40))
     pump: asyncio.Future | None = None
@@ -154,8 +154,10 @@ class Report:
 
 
 def _outcome(run: Run) -> str:
-    if run.state in (DONE, "already-live"):
-        return "ok" if run.state == DONE else "already-live"
+    if run.state == DONE:
+        return "ok"
+    if run.state == "already-live":
+        return run.state
     return "put back by the orchestrator" if run.repaired else "failed"
 
 
@@ -284,8 +286,8 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
     batch_size = fleet.parallel
     barrier = timeouts.barrier(batches=-(-len(connections) // batch_size))
 
-    def start(connection: Connection, owns_schema: bool, argv_of: ArgvOf = argv_of):
-        argv = orchestrated(argv_of(connection.server), deploy_id, owns_schema,
+    def start(connection: Connection, owns_schema: bool, command: ArgvOf = argv_of):
+        argv = orchestrated(command(connection.server), deploy_id, owns_schema,
                             barrier_timeout=barrier, put_back_timeout=timeouts.put_back)
         return _start(connection, argv, owns_schema, token)
 
@@ -303,10 +305,7 @@ async def _switch(fleet: FleetConfig, connections: list[Connection], token: str,
         if run.state == HOLDING:
             await _settle(run, timeouts.put_back)
         stray.repaired = run.state == DONE
-        stray.put_back_by_us = (f"its deployer died; the orchestrator put it back on {stray.previous[:12]}"
-                                if stray.repaired else
-                                f"its deployer died and putting it back on {stray.previous[:12]} failed: {_why(run)}; "
-                                f"run `deployer rollback --to {stray.previous[:12]}` there")
+        stray.repair_failure = "" if stray.repaired else _why(run)
 
     runs = report.runs
     try:
@@ -493,14 +492,22 @@ def _why(run: Run) -> str:
     return str(run.event.get("reason") or "unknown")
 
 
+def _repair_note(run: Run) -> str:
+    back = run.previous[:12]
+    if run.repaired:
+        return f"its deployer died; the orchestrator put it back on {back}"
+    return f"its deployer died and putting it back on {back} failed: {run.repair_failure}; " \
+           f"run `deployer rollback --to {back}` there"
+
+
 def _outcomes(runs: list[Run], culprit: Run | None) -> str:
     """Where every server ended, from its own last word."""
     parts = []
     for run in runs:
         if run.state == "already-live":
             parts.append(f"{run.name}: was already on it, left as is")
-        elif run.put_back_by_us:
-            parts.append(f"{run.name}: {run.put_back_by_us}")
+        elif run.repaired is not None:
+            parts.append(f"{run.name}: {_repair_note(run)}")
         elif run.error is not None and run.error.hint:
             parts.append(f"{run.name}: {run.error.hint}")
         elif run is not culprit and run.error is not None:

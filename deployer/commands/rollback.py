@@ -24,6 +24,7 @@ class Choice:
     already_live: bool  # nothing to do
     finishing: bool  # a killed rollback whose switch already happened
     notes: list[str]
+    killed: underway.Underway | None = None  # that killed run's record, when it left one
 
 
 def choose(paths: Paths, to: str | None) -> Choice:
@@ -42,20 +43,22 @@ def choose(paths: Paths, to: str | None) -> Choice:
     target, rolled_from = _target(paths, entries, to, live, recorded)
     in_current = current_sha(paths)
     already_live = target == in_current and target == recorded
+    finishing = target == in_current and not already_live
+    previous = recorded if target == in_current else in_current
     return Choice(
-        target, rolled_from, previous=recorded if target == in_current else in_current,
-        already_live=already_live, finishing=target == in_current and not already_live, notes=notes,
+        target, rolled_from, previous=previous, already_live=already_live, finishing=finishing, notes=notes,
+        killed=underway.unfinished(paths, target, previous) if finishing else None,
     )
 
 
-def schema_authority(paths: Paths, choice: Choice, migrate: bool, force: bool) -> tuple[str | None, bool]:
+def schema_authority(choice: Choice, migrate: bool, force: bool) -> tuple[str | None, bool]:
     """(unapply_with, force) for go_live: this command's own --migrate or --force; with neither,
     when it finishes a killed run, what that run's operator authorised (deployer/underway.py)."""
     if migrate:
         return choice.rolled_from, False
     if force:
         return None, True
-    killed = underway.unfinished(paths, choice.target, choice.previous) if choice.finishing else None
+    killed = choice.killed
     return (killed.unapply_with, killed.force) if killed else (None, False)
 
 
@@ -92,10 +95,9 @@ def rollback(
             gate.tell("already-live")
         return target
     if choice.finishing:
-        killed = underway.unfinished(paths, target, choice.previous)
-        say(f"current already points at {target[:12]}, but {underway.that_run(killed, 'that run')} never finished; "
-            "finishing it")
-    unapply_with, force = schema_authority(paths, choice, migrate, force)
+        say(f"current already points at {target[:12]}, but {underway.that_run(choice.killed, 'that run')} never "
+            "finished; finishing it")
+    unapply_with, force = schema_authority(choice, migrate, force)
     env_values = envfile.load(config.env_file, config.required_env)
     progress = Progress(step_count(config) + (1 if unapply_with else 0) + hook_steps(config, "rollback"))
     with progress.step(f"verify {target[:12]}"):

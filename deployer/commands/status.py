@@ -48,7 +48,7 @@ def collect(config: Config, paths: Paths) -> dict:
         "current": live,
         # False after a run was killed between switching `current` and recording it.
         "activation_finished": live is None or recorded == live,
-        "finish_with": finish_with(paths, live, recorded),
+        "finish_with": finish_with(live, recorded),
         "previous": history.rollback_target(entries, live),
         "lock": lock.read_holder(paths),
         "service": state,
@@ -56,7 +56,7 @@ def collect(config: Config, paths: Paths) -> dict:
     }
 
 
-def finish_with(paths: Paths, live: str | None, recorded: str | None) -> str | None:
+def finish_with(live: str | None, recorded: str | None) -> str | None:
     """The command that finishes the run a kill left unfinished (None when nothing is unfinished):
     `activate` of the release in `current` finishes it with the authorisation the killed run
     recorded (a `rollback --migrate` unapplies, a `--force` keeps; deployer/underway.py)."""
@@ -68,7 +68,8 @@ def finish_with(paths: Paths, live: str | None, recorded: str | None) -> str | N
 def _unfinished_line(paths: Paths, data: dict) -> str:
     if data["finish_with"] is None:
         return ""
-    killed = underway.unfinished(paths, data["current"], history.last_live(history.read(paths)))
+    # finish_with is set only when current is ahead of history: no need to read history again.
+    killed = underway.unfinished(paths, data["current"], recorded=None)
     what = f"a `deployer {killed.command()}` was killed after its switch" if killed else "its activation never finished"
     return f"  ({what}: run `{data['finish_with']}` to finish it)"
 
