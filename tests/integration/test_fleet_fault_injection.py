@@ -40,7 +40,9 @@ def marker(phase: str, server: str, strategy: str) -> re.Pattern:
 
 
 def kill_during(orchestrator, victim: str, phase: str, strategy: str, deployments: dict, sha: str):
-    """Deploy `sha` and kill -9 the victim once the phase's line shows; the orchestrator's output."""
+    """Deploy `sha` and kill -9 the victim once the phase's line shows: the orchestrator's exit
+    status and output, and whether the victim was killed (a server's deployer may have ended
+    already: its line shows after it is past that phase, and a fast run commits at once)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYER_CONFIG", "DEPLOYER_DEBUG", "SSH_AUTH_SOCK")}
     proc = subprocess.Popen([sys.executable, "-m", "deployer", "--config", str(orchestrator.config_file),
                              "activate", sha], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -53,16 +55,15 @@ def kill_during(orchestrator, victim: str, phase: str, strategy: str, deployment
                 proc.kill()
             else:
                 pids = orchestrated_commands_of(deployments[victim])
-                assert pids, f"no deployer of {victim} to kill in phase {phase}:\n{''.join(seen)}"
                 for pid in pids:
                     os.kill(int(pid), signal.SIGKILL)
-            killed = True
+            killed = victim == "orchestrator" or bool(pids)
             if victim == "orchestrator":
                 break
     out, rest = proc.communicate(timeout=300)
     stderr = "".join(seen) + rest
-    assert killed, f"the {phase} line of {watched} never showed:\n{stderr}"
-    return proc.returncode, stderr
+    assert wanted.search(stderr), f"the {phase} line of {watched} never showed:\n{stderr}"
+    return proc.returncode, stderr, killed
 
 
 def serving(d) -> str | None:
@@ -89,30 +90,42 @@ def test_a_kill_in_any_barrier_phase_leaves_one_release_everywhere(
     assert sha == deployment.source.sha("migration")
 
     for phase in PHASES:
-        status, stderr = kill_during(orchestrator, victim, phase, strategy, deployments, sha)
-        assert "Traceback" not in stderr, stderr
-        assert wait_until(lambda: settled(deployment, second), timeout=120), f"{phase}: never settled:\n{stderr}"
-        where = {name: serving(d) for name, d in deployments.items()}
-        if victim == "orchestrator":
-            # Each server put itself back unless it had the word to keep the release; the next
-            # activate brings every server to one release (here: every one to the new release).
-            deploy_id = re.search(r"\[all\] deploy id (\S+)", stderr).group(1)
-            for name, d in deployments.items():
-                kept = [e for e in d.history() if e.get("deploy_id") == deploy_id and e.get("result") == "ok"]
-                assert where[name] == (sha if kept else base), (phase, name, where, stderr)
-            again = orchestrator.run("activate", sha)
-            assert again.returncode == 0, again.stderr
-            assert {serving(d) for d in deployments.values()} == {sha}
-        else:
-            assert status == 1, f"{phase}: exit {status}\n{stderr}"
-            last = stderr.strip().splitlines()[-1]
-            assert last.startswith("deployer: error: "), stderr
-            kept = "every server went live and keeps the release" in last
-            assert set(where.values()) == {sha if kept else base}, (phase, where, stderr)
-            if phase in ("switched", "live") and not kept:  # it had switched: it could not put itself back
-                assert f"{victim}: its deployer died; the orchestrator put it back on {base[:12]}" in last, last
-        if set(where.values()) == {sha} or victim == "orchestrator":
-            back = orchestrator.run("rollback", "--to", base, "--migrate")
-            assert back.returncode == 0, back.stderr
-        assert {serving(d) for d in deployments.values()} == {base}, phase
-        time.sleep(0.1)
+        for _ in range(3):  # a server's deployer can be past the phase and gone before the kill: again
+            killed = kill_and_check(orchestrator, victim, phase, strategy, deployments, sha, base, wait_until)
+            if killed:
+                break
+        assert killed, f"{victim}'s deployer was gone before every kill in phase {phase}"
+
+
+def kill_and_check(orchestrator, victim, phase, strategy, deployments, sha, base, wait_until) -> bool:
+    """One deploy with a kill in `phase`, the invariant checked after it, every server back on base."""
+    status, stderr, killed = kill_during(orchestrator, victim, phase, strategy, deployments, sha)
+    assert "Traceback" not in stderr, stderr
+    assert wait_until(lambda: settled(*deployments.values()), timeout=120), f"{phase}: never settled:\n{stderr}"
+    where = {name: serving(d) for name, d in deployments.items()}
+    if not killed:  # nothing died: the deploy simply went through
+        assert status == 0 and set(where.values()) == {sha}, (phase, status, where, stderr)
+    elif victim == "orchestrator":
+        # Each server put itself back unless it had the word to keep the release; the next
+        # activate brings every server to one release (here: every one to the new release).
+        deploy_id = re.search(r"\[all\] deploy id (\S+)", stderr).group(1)
+        for name, d in deployments.items():
+            kept = [e for e in d.history() if e.get("deploy_id") == deploy_id and e.get("result") == "ok"]
+            assert where[name] == (sha if kept else base), (phase, name, where, stderr)
+        again = orchestrator.run("activate", sha)
+        assert again.returncode == 0, again.stderr
+        assert {serving(d) for d in deployments.values()} == {sha}
+    else:
+        assert status == 1, f"{phase}: exit {status}\n{stderr}"
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("deployer: error: "), stderr
+        kept = "every server went live and keeps the release" in last
+        assert set(where.values()) == {sha if kept else base}, (phase, where, stderr)
+        if phase in ("switched", "live") and not kept:  # it had switched: it could not put itself back
+            assert f"{victim}: its deployer died; the orchestrator put it back on {base[:12]}" in last, last
+    if {serving(d) for d in deployments.values()} == {sha}:
+        back = orchestrator.run("rollback", "--to", base, "--migrate")
+        assert back.returncode == 0, back.stderr
+    assert {serving(d) for d in deployments.values()} == {base}, phase
+    time.sleep(0.1)
+    return killed
