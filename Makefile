@@ -3,6 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= $(shell scripts/find-python)
 VENV := .venv
 BIN := $(VENV)/bin
+# Workers for pytest-xdist: the e2e tier stays on one of them (xdist_group "e2e").
+WORKERS ?= 4
+PARALLEL := -n $(WORKERS) --dist loadgroup
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg app/requirements.txt 2>/dev/null | sha256sum | cut -c1-12)
 
 
@@ -30,16 +33,16 @@ system-deps:
 	scripts/install-system-deps
 
 test: system-deps venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-unit: venv
-	$(BIN)/python -m pytest tests/unit tests/app $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) tests/unit tests/app $(PYTEST_ARGS)
 
 test-integration: venv
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) tests/integration $(PYTEST_ARGS)
 
 test-e2e: system-deps venv
-	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) tests/e2e $(PYTEST_ARGS)
 
 bench: system-deps venv
 	$(BIN)/python bench/deploy_bench.py

@@ -96,10 +96,12 @@ def release_plan(config: Config, paths: Paths, ref: str, rebuild: bool, command:
     plan.step("export tree", f"would {verb} releases/{sha} ({build['subject']})")
     flags = venv.install_flags(config.install.find_links, config.install.offline)
     key = venv.requirements_key_of(requirements, venv.python_identity(python), flags)
-    reuse = release_cmd._venv_to_reuse(paths, key, live)
+    reuse = release_cmd.venv_to_reuse(paths, config.install.cache_dir or paths.uv_cache, key, live)
     if reuse is not None:
-        build.update(venv="reuse", venv_from=reuse.parent.name)
-        plan.step("create venv", f"would reuse the venv of {reuse.parent.name[:12]} (same {config.django.requirements}, "
+        from_release = reuse.name == "venv"  # else the copy kept beside uv's cache for this key
+        build.update(venv="reuse", venv_from=reuse.parent.name if from_release else None)
+        source = f"the venv of {reuse.parent.name[:12]}" if from_release else "the kept venv"
+        plan.step("create venv", f"would reuse {source} (same {config.django.requirements}, "
                   "interpreter and install flags)")
     else:
         build["venv"] = "build"
@@ -154,7 +156,7 @@ def _predicted_meta(config: Config, paths: Paths, sha: str, build: dict) -> tupl
     leaves |= {(app, max(name for a, name in own if a == app)) for app in own_apps}
     meta = {"migrations": {"nodes": [list(n) for n in sorted(nodes)], "leaves": [list(n) for n in sorted(leaves)]},
             "database": ref_meta.get("database", {})}
-    return meta, build["venv"] == "reuse", reference
+    return meta, build["venv_from"] is not None, reference
 
 
 def _tree_migrations(paths: Paths, sha: str, project_dir: str) -> set[migrations.Migration]:
@@ -329,7 +331,7 @@ def prune_plan(config: Config, paths: Paths, keep: int) -> Plan:
     plan.data["prune"] = {
         "keep": keep, "delete": chosen.doomed, "temp_dirs": [tmp.name for tmp in chosen.stale],
         "in_use": sorted(chosen.busy), "frees_bytes": chosen.freed,
-        "backups": [backup.name for backup in chosen.backups],
+        "backups": [backup.name for backup in chosen.backups], "kept_venvs": [kept.name for kept in chosen.venvs],
     }
     for sha in chosen.doomed:
         plan.step("delete", f"would remove {sha[:12]}  {chosen.built[sha].get('subject', '')}")
@@ -337,10 +339,11 @@ def prune_plan(config: Config, paths: Paths, keep: int) -> Plan:
         plan.step("delete", f"would remove {tmp.name} (interrupted build)")
     for backup in chosen.backups:
         plan.step("delete", f"would remove backup {backup.name} (keeping the newest {config.backups.keep})")
+    for kept in chosen.venvs:
+        plan.step("delete", f"would remove kept venv {kept.name[:12]} (no remaining release has its requirements)")
     for sha in sorted(chosen.busy):
         plan.step("keep", f"keeping {sha[:12]}: a running process uses it")
-    plan.step("free", f"would free {prune_cmd.human(chosen.freed)} ({len(chosen.doomed)} release(s), "
-              f"{len(chosen.stale)} temp dir(s), {len(chosen.backups)} backup(s))")
+    plan.step("free", f"would free {prune_cmd.counts(chosen)}")
     return plan
 
 

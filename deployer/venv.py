@@ -3,6 +3,12 @@
 uv's cache lives on the releases' filesystem and installs by hardlink, so an unchanged lock costs
 well under a second; when the previous release has the same requirements and interpreter, its
 venv is hardlink-copied whole (bytecode included) and uv only confirms it is in sync.
+
+Beside uv's cache, `<cache>-venvs/<requirements key>` keeps a hardlink copy of each venv built
+from scratch: a deploy root whose releases with that lock were all pruned, or another deploy root
+sharing the cache (staging beside production, the test suite), starts from it instead of
+installing and compiling every package again. Hardlinks: while a release uses the same files the
+copy costs inodes only; prune drops the copies no release needs.
 """
 
 from __future__ import annotations
@@ -74,6 +80,38 @@ def requirements_key_of(content: bytes, python_id: str, install_flags: list[str]
     return digest.hexdigest()
 
 
+def kept_venvs(cache: Path) -> Path:
+    return cache.parent / f"{cache.name}-venvs"
+
+
+def kept_venv(cache: Path, key: str) -> Path | None:
+    path = kept_venvs(cache) / key
+    return path if (path / "bin" / "python").exists() else None
+
+
+def keep(venv: Path, cache: Path, key: str) -> None:
+    """A hardlink copy of a freshly built venv, published by rename(2) (never half there)."""
+    store = kept_venvs(cache)
+    if (store / key).exists():
+        return
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    run(["cp", "-al", "--", str(venv), str(tmp)], what="hardlink-copy of the venv into the kept venvs")
+    try:
+        os.rename(tmp, store / key)
+    except OSError:  # another build kept the same lock first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def forget(kept: Path) -> None:
+    """Remove a kept venv: renamed away first, so a copy being taken from it fails (and the
+    build then installs afresh) instead of silently missing files."""
+    doomed = kept.parent / f".tmp-forget-{kept.name}-{os.getpid()}"
+    os.rename(kept, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def build(
     venv: Path,
     python: Path,
@@ -89,9 +127,12 @@ def build(
     how = "installed"
     if reuse_from is not None and (reuse_from / "bin" / "python").exists():
         # Hardlinks, not copies: releases are never written after they are built.
-        run(["cp", "-al", "--", str(reuse_from), str(venv)], what="hardlink-copy of the previous venv")
-        how = "reused"
-    else:
+        copied = subprocess.run(["cp", "-al", "--", str(reuse_from), str(venv)], capture_output=True)
+        if copied.returncode == 0:
+            how = "reused"
+        else:  # a kept venv pruned by another deploy root sharing the cache, mid-copy: install afresh
+            shutil.rmtree(venv, ignore_errors=True)
+    if how == "installed":
         run([uv, "venv", "--quiet", "--relocatable", "--python", str(python), str(venv)], env=env, what="uv venv")
     # A reused venv already has its bytecode (hardlinked with it); compiling again would only
     # re-check every module. The lock is byte-identical, so the sync only verifies.

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployer import database, history, releases, smoke
+from deployer import database, history, releases, smoke, venv
 from deployer.config import Config
 from deployer.errors import BadInput
 from deployer.paths import SHA_RE, Paths, current_sha, discard, remove_tree, stale_tmp_dirs, tree_bytes
@@ -76,6 +76,7 @@ class Selection:
     protected: set[str]
     freed: int
     backups: list[Path]  # database backups beyond the newest backups.keep
+    venvs: list[Path]  # venvs kept beside uv's cache whose requirements no remaining release has
 
 
 def choose(config: Config, paths: Paths, keep: int) -> Selection:
@@ -90,8 +91,17 @@ def choose(config: Config, paths: Paths, keep: int) -> Selection:
     doomed = select(built, keep, protected, history.failed_smoke(entries))
     stale = stale_tmp_dirs(paths)
     old_backups = database.expired_backups(paths.backups, config.backups.keep)
-    freed = tree_bytes([paths.release(sha) for sha in doomed] + stale) + sum(_size(p) for p in old_backups)
-    return Selection(built, doomed, stale, (busy & set(built)) - {live}, protected, freed, old_backups)
+    venvs = _unused_kept_venvs(config.install.cache_dir or paths.uv_cache,
+                               {meta.get("requirements_key") for sha, meta in built.items() if sha not in doomed})
+    freed = tree_bytes([paths.release(sha) for sha in doomed] + stale + venvs) + sum(_size(p) for p in old_backups)
+    return Selection(built, doomed, stale, (busy & set(built)) - {live}, protected, freed, old_backups, venvs)
+
+
+def _unused_kept_venvs(cache: Path, needed: set[str | None]) -> list[Path]:
+    store = venv.kept_venvs(cache)
+    if not store.is_dir():
+        return []
+    return sorted(p for p in store.iterdir() if p.name not in needed and not p.name.startswith(".tmp-"))
 
 
 def _size(path: Path) -> int:
@@ -110,6 +120,8 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
         say(f"{verb} {tmp.name} (interrupted build)")
     for backup in chosen.backups:
         say(f"{verb} backup {backup.name} (keeping the newest {config.backups.keep})")
+    for kept in chosen.venvs:
+        say(f"{verb} kept venv {kept.name[:12]} (no remaining release has its requirements)")
     for sha in sorted(chosen.busy):
         say(f"keeping {sha[:12]}: a running process uses it")
     if not dry_run:
@@ -119,9 +131,14 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
             remove_tree(tmp)
         for backup in chosen.backups:
             backup.unlink(missing_ok=True)
-    summary = (f"{'would free' if dry_run else 'freed'} {human(chosen.freed)} "
-               f"({len(chosen.doomed)} release(s), {len(chosen.stale)} temp dir(s), {len(chosen.backups)} backup(s))")
-    print(summary, file=sys.stdout)
+        for kept in chosen.venvs:
+            venv.forget(kept)
+    print(f"{'would free' if dry_run else 'freed'} {counts(chosen)}", file=sys.stdout)
+
+
+def counts(chosen: Selection) -> str:
+    return (f"{human(chosen.freed)} ({len(chosen.doomed)} release(s), {len(chosen.stale)} temp dir(s), "
+            f"{len(chosen.backups)} backup(s), {len(chosen.venvs)} kept venv(s))")
 
 
 def human(n: int) -> str:

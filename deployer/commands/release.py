@@ -103,8 +103,11 @@ def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:
         flags = venv.install_flags(config.install.find_links, config.install.offline)
         python_id = venv.python_identity(python)
         key = venv.requirements_key(requirements, python_id, flags)
-        reuse = _venv_to_reuse(paths, key, live)
-        how = venv.build(tmp / "venv", python, requirements, config.install.cache_dir or paths.uv_cache, flags, reuse)
+        cache = config.install.cache_dir or paths.uv_cache
+        reuse = venv_to_reuse(paths, cache, key, live)
+        how = venv.build(tmp / "venv", python, requirements, cache, flags, reuse)
+        if how == "installed":
+            venv.keep(tmp / "venv", cache, key)
         venv.compile_tree(tmp / "venv", tmp / config.django.project_dir)
 
     with progress.step("link shared dirs"):
@@ -148,15 +151,15 @@ def _build(config, paths, progress, sha, tmp, python, env_values, live) -> dict:
     }
 
 
-def _venv_to_reuse(paths: Paths, key: str, live: str | None) -> Path | None:
-    """The venv of a built release with the same requirements and interpreter: the live one
-    first, then the newest."""
+def venv_to_reuse(paths: Paths, cache: Path, key: str, live: str | None) -> Path | None:
+    """The venv of a built release with the same requirements and interpreter (the live one
+    first, then the newest), else the one kept for that key beside uv's cache."""
     built = releases.complete(paths)
     order = ([live] if live in built else []) + releases.by_build_time(built)
     for sha in order:
         if built[sha].get("requirements_key") == key:
             return paths.release(sha) / "venv"
-    return None
+    return venv.kept_venv(cache, key)
 
 
 def _move_into_place(paths: Paths, tmp: Path, final: Path) -> None:

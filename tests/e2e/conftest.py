@@ -52,10 +52,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).is_relative_to(here):
             item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.xdist_group("e2e"))  # one worker boots the containers, one at a time
+
+
+def pytest_sessionfinish(session):
+    """On an xdist worker: hand the figures to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["e2e_report"] = json.dumps(REPORT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    report = json.loads(getattr(node, "workeroutput", {}).get("e2e_report", "null") or "null")
+    if report:
+        REPORT["not_run"] = REPORT["not_run"] or report["not_run"]
+        REPORT["figures"].extend(report["figures"])
 
 
 def pytest_runtest_logreport(report):
-    if Path(report.fspath).parent == Path(__file__).parent or "tests/e2e/" in report.nodeid:
+    """With xdist the controller sums its own copy of the reports: seconds never travel."""
+    if "tests/e2e/" in report.nodeid:
         REPORT["seconds"] = REPORT.get("seconds", 0.0) + report.duration
 
 

@@ -318,8 +318,14 @@ class Deployment:
 
 
 @pytest.fixture(scope="session")
-def uv_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("uv-cache")
+def uv_cache(tmp_path_factory, worker_id) -> Path:
+    """One uv cache for the whole run: with xdist, beside the workers' own temp dirs (uv locks
+    its cache, so workers may fill it at once), on the same filesystem so venvs hardlink."""
+    if worker_id == "master":
+        return tmp_path_factory.mktemp("uv-cache")
+    shared = tmp_path_factory.getbasetemp().parent / "uv-cache"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture(scope="session")

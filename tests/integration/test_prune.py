@@ -74,3 +74,25 @@ def test_keep_must_be_at_least_one(deployment):
         result = deployment.deployer("prune", "--keep", bad)
         assert result.returncode == 2, result.stderr
         assert "--keep must be at least 1" in result.stderr
+
+
+def test_prune_drops_a_kept_venv_no_remaining_release_needs_and_keeps_the_one_they_use(deployment, uv_cache):
+    # This deploy root's own cache (other tests prune the shared one), seeded with the kept venv.
+    shared_store, cache = uv_cache.parent / f"{uv_cache.name}-venvs", deployment.root / "uv"
+    store = deployment.root / "uv-venvs"
+    store.mkdir()
+    for kept in shared_store.glob("[0-9a-f]*"):
+        subprocess.run(["cp", "-al", str(kept), str(store / kept.name)], check=True)
+    deployment.write_config(install={"cache_dir": str(cache)})
+    sha = deployment.release("base")
+    key = json.loads((deployment.deploy_to / "releases" / sha / "RELEASE.json").read_text())["requirements_key"]
+    orphan = store / ("0" * 64)  # the lock of releases long gone
+    subprocess.run(["cp", "-al", str(store / key), str(orphan)], check=True)
+
+    planned = json.loads(deployment.ok("prune", "--keep", "1", "--plan", "--json").stdout)["prune"]
+    assert planned["kept_venvs"] == [orphan.name]
+    result = deployment.ok("prune", "--keep", "1")
+
+    assert f"removing kept venv {orphan.name[:12]}" in result.stderr
+    assert "1 kept venv(s)" in result.stdout
+    assert not orphan.exists() and (store / key / "bin" / "python").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 from deployer.releases import digests
 
@@ -94,6 +95,23 @@ def test_second_release_reuses_the_venv_by_hardlinks_and_the_live_hashed_statics
         new_file = releases / second / "staticfiles" / hashed
         assert new_file.is_file(), hashed
         assert os.stat(new_file).st_ino == os.stat(releases / first / "staticfiles" / hashed).st_ino
+
+
+def test_a_new_deploy_root_sharing_the_uv_cache_starts_from_the_venv_kept_for_its_lock(deployment, uv_cache):
+    # The session's first deploy (another deploy root, same install.cache_dir) built this lock's venv.
+    kept = sorted((uv_cache.parent / f"{uv_cache.name}-venvs").iterdir())
+    assert [p.name for p in kept if not p.name.startswith(".")], kept
+    planned = json.loads(deployment.ok("release", "base", "--plan", "--json").stdout)
+    assert planned["build"]["venv"] == "reuse" and planned["build"]["venv_from"] is None
+    sha = deployment.release("base")
+
+    meta = json.loads((deployment.deploy_to / "releases" / sha / "RELEASE.json").read_text())
+    assert meta["venv"] == "reused"
+    django_init = Path("lib/python3.12/site-packages/django/__init__.py")
+    kept_venv = uv_cache.parent / f"{uv_cache.name}-venvs" / meta["requirements_key"]
+    assert os.stat(kept_venv / django_init).st_ino == os.stat(deployment.deploy_to / "releases" / sha / "venv" / django_init).st_ino
+    deployment.ok("activate", sha)
+    assert deployment.healthz()["release"] == sha
 
 
 def test_a_failing_check_deploy_leaves_no_release_and_no_temp_dir(deployment, source_repo):
