@@ -14,9 +14,13 @@ def _escape(ch: str) -> str:
 
 
 def shown(text: str, limit: int = 80) -> str:
-    """User input as it may appear in a one-line message: quoted, escaped, cut."""
+    """User input as it may appear in a one-line message: quoted, escaped, cut in the middle
+    (a long path keeps its start and its file name)."""
     escaped = text.encode("unicode_escape", errors="backslashreplace").decode("ascii")
-    return "'" + (escaped if len(escaped) <= limit else escaped[:limit] + "…") + "'"
+    if len(escaped) > limit:
+        head = limit // 2
+        escaped = escaped[:head] + "…" + escaped[-(limit - head):]
+    return "'" + escaped + "'"
 
 
 class _OneLine:

@@ -97,3 +97,10 @@ def test_bad_options_are_one_line_of_bad_input_before_the_config_is_read(tmp_pat
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deployer: error: "), result.output
     assert message in lines[0]
+
+
+def test_a_long_value_in_a_message_keeps_its_start_and_its_file_name():
+    path = "/srv/" + "deep/" * 40 + "restart.sh"
+    quoted = shown(path)
+    assert quoted.startswith("'/srv/deep/") and quoted.endswith("/restart.sh'") and "…" in quoted
+    assert len(quoted) == 80 + len("''…")
