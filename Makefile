@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= $(shell scripts/find-python)
 VENV := .venv
 BIN := $(VENV)/bin
-# Workers for pytest-xdist: the e2e tier stays on one of them (xdist_group "e2e").
+# Workers for pytest-xdist. A test file stays whole on one worker (--dist loadfile): the e2e
+# stories run in order in their containers, and a file's session fixtures are built once.
 WORKERS ?= 4
-PARALLEL := -n $(WORKERS) --dist loadgroup
+PARALLEL := -n $(WORKERS) --dist loadfile
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg app/requirements.txt 2>/dev/null | sha256sum | cut -c1-12)
 
 
