@@ -127,11 +127,17 @@ def remove_tree(path: Path) -> None:
 
 
 def discard(paths: Paths, release: Path) -> None:
-    """Delete a release so that no kill can leave half of it under its own name: one
-    rename(2) to a temp name first (the next run's clean-up finishes a killed delete)."""
-    doomed = paths.releases / f"{TMP_PREFIX}discard-{release.name}-{secrets.token_hex(4)}"
-    os.rename(release, doomed)
-    fsync_dir(paths.releases)
+    """Delete a release so that no kill can leave half of it under its own name (the next
+    run's clean-up finishes a killed delete)."""
+    discard_dir(release)
+
+
+def discard_dir(path: Path) -> None:
+    """Delete a directory by one rename(2) to a temp name beside it first: nothing can see it
+    half deleted under its own name, and a copy being taken from it fails instead."""
+    doomed = path.parent / f"{TMP_PREFIX}discard-{path.name}-{secrets.token_hex(4)}"
+    os.rename(path, doomed)
+    fsync_dir(path.parent)
     shutil.rmtree(doomed)
 
 

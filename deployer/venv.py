@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 from deployer.errors import BadInput
+from deployer.paths import TMP_PREFIX
 from deployer.proc import clean_env, run
 
 
@@ -95,21 +96,13 @@ def keep(venv: Path, cache: Path, key: str) -> None:
     if (store / key).exists():
         return
     store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f".tmp-{key}-{os.getpid()}"
+    tmp = store / f"{TMP_PREFIX}{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     run(["cp", "-al", "--", str(venv), str(tmp)], what="hardlink-copy of the venv into the kept venvs")
     try:
         os.rename(tmp, store / key)
     except OSError:  # another build kept the same lock first
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def forget(kept: Path) -> None:
-    """Remove a kept venv: renamed away first, so a copy being taken from it fails (and the
-    build then installs afresh) instead of silently missing files."""
-    doomed = kept.parent / f".tmp-forget-{kept.name}-{os.getpid()}"
-    os.rename(kept, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def build(

@@ -11,7 +11,7 @@ from pathlib import Path
 from deployer import database, history, releases, smoke, venv
 from deployer.config import Config
 from deployer.errors import BadInput
-from deployer.paths import SHA_RE, Paths, current_sha, discard, remove_tree, stale_tmp_dirs, tree_bytes
+from deployer.paths import SHA_RE, TMP_PREFIX, Paths, current_sha, discard, discard_dir, remove_tree, stale_tmp_dirs, tree_bytes
 from deployer.steps import say
 
 
@@ -101,7 +101,7 @@ def _unused_kept_venvs(cache: Path, needed: set[str | None]) -> list[Path]:
     store = venv.kept_venvs(cache)
     if not store.is_dir():
         return []
-    return sorted(p for p in store.iterdir() if p.name not in needed and not p.name.startswith(".tmp-"))
+    return sorted(p for p in store.iterdir() if p.name not in needed and not p.name.startswith(TMP_PREFIX))
 
 
 def _size(path: Path) -> int:
@@ -132,7 +132,7 @@ def main(config: Config, paths: Paths, keep: int, dry_run: bool) -> None:
         for backup in chosen.backups:
             backup.unlink(missing_ok=True)
         for kept in chosen.venvs:
-            venv.forget(kept)
+            discard_dir(kept)  # a build copying from it fails and installs afresh, never half a venv
     print(f"{'would free' if dry_run else 'freed'} {counts(chosen)}", file=sys.stdout)
 
 
